@@ -37,8 +37,12 @@ validate: $(SDK_VENV)/.installed
 pack: $(SDK_VENV)/.installed
 	rm -rf build/packs build/unified && mkdir -p build/packs build/unified
 	$(SDK) zip-packs -i Packs/GenericWebhook -o build/packs
+	mv build/packs/uploadable_packs/GenericWebhook.zip build/packs/GenericWebhook.zip  # zip-packs nests its output
+	rmdir build/packs/uploadable_packs
 	test -s build/packs/GenericWebhook.zip
 	$(SDK) prepare-content -i Packs/GenericWebhook/Integrations/GenericWebhook -o build/unified
+	test -s build/unified/integration-GenericWebhook.yml
+	! grep -nE '^ *(import demistomock|from CommonServerPython import)' build/unified/integration-GenericWebhook.yml
 
 pytest: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -5,16 +5,21 @@ import asyncio
 import base64
 import binascii
 import errno
+import hashlib
 import hmac
 import logging
+import math
 import socket
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import parse_qsl
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -28,15 +33,33 @@ BAD_JSON_MESSAGE = "Request, and rawJson field if exists must be in JSON format"
 AUTH_FAILED_MESSAGE = "Authorization failed."
 HEADER_AUTH_PREFIX = "_header:"
 SAMPLE_EVENTS_KEY = "sample_events"
+DEDUP_KEYS_KEY = "dedup_keys"
 MAX_SAMPLES = 20
 MAX_SAMPLES_BYTES = 1024 * 1024
+MAX_DEDUP_KEYS = 10_000
+MAX_BATCH_INCIDENTS = 1000
 RESTART_DELAY_SECONDS = 5
 RETRY_AFTER_SECONDS = 5
+OVERLOAD_RETRY_AFTER_SECONDS = 1
+KEEP_ALIVE_SECONDS = 5
+MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_BIND_HOST = "0.0.0.0"  # the platform reaches the container on its listen port from outside
 BIND_HOST_ENV = "GENERIC_WEBHOOK_BIND_HOST"
+TEXT_KEY = "text"  # where a text/plain body goes in the raw event
 # Headers that carry credentials never reach rawJSON, samples or logs.
 ALWAYS_HIDDEN_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 REQUEST_HEADERS_KEYS = ("headers", "request_headers")
+NDJSON_TYPES = frozenset(
+    {
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/x-jsonlines",
+        "application/jsonlines",
+    }
+)
+FORM_TYPE = "application/x-www-form-urlencoded"
+TEXT_TYPE = "text/plain"
 SEVERITY_WORDS = {
     "unknown": 0,
     "info": 0.5,
@@ -47,6 +70,10 @@ SEVERITY_WORDS = {
     "critical": 4,
 }
 VALID_SEVERITIES = frozenset({0, 0.5, 1, 2, 3, 4})
+SIGNATURE_SCHEMES = ("None", "Generic HMAC", "GitHub", "Slack", "Stripe", "Standard Webhooks")
+SIGNATURE_ALGORITHMS = ("sha1", "sha256", "sha512")
+SIGNATURE_ENCODINGS = ("hex", "base64")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 """ ERRORS """
 
@@ -56,7 +83,7 @@ class ConfigError(ValueError):
 
 
 class RequestError(Exception):
-    """A problem with the caller's request, answered with a 4xx status."""
+    """A problem with the caller's request, answered with a 4xx (or 503/429) status and a JSON body."""
 
     def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -74,6 +101,29 @@ class PortInUseError(OSError):
 
 
 @dataclass(frozen=True)
+class SignatureConfig:
+    scheme: str
+    secret: bytes
+    header: str = ""  # Generic HMAC only, lower-cased
+    algorithm: str = "sha256"
+    encoding: str = "hex"
+    prefix: str = ""
+    tolerance: int = 300
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """Dotted paths into the raw event that fill incident fields when no mapper is configured."""
+
+    name: tuple | None = None
+    type: tuple | None = None
+    occurred: tuple | None = None
+    severity: tuple | None = None
+    details: tuple | None = None
+    severity_map: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class WebhookConfig:
     port: int
     auth_username: str = ""
@@ -83,6 +133,16 @@ class WebhookConfig:
     private_key: str = ""
     incident_type: str = ""
     store_samples: bool = False
+    signature: SignatureConfig | None = None
+    dedup_header: str = ""  # `header:<NAME>` dedup key, lower-cased
+    dedup_path: tuple | None = None  # dotted-path dedup key
+    dedup_window: int = 86400
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_items: int = 10_000
+    max_in_flight: int = 1000
+    rate_limit_per_minute: int = 0
+    metrics_enabled: bool = False
+    mapping: FieldMapping = field(default_factory=FieldMapping)
 
     @property
     def auth_mode(self) -> str:
@@ -95,6 +155,10 @@ class WebhookConfig:
         return bool(self.certificate and self.private_key)
 
     @property
+    def dedup_enabled(self) -> bool:
+        return bool(self.dedup_header or self.dedup_path)
+
+    @property
     def hidden_headers(self) -> frozenset[str]:
         return ALWAYS_HIDDEN_HEADERS | {self.auth_header} if self.auth_header else ALWAYS_HIDDEN_HEADERS
 
@@ -103,29 +167,7 @@ class WebhookConfig:
         """Validates the instance params once; raises ConfigError listing every problem found."""
         problems: list[str] = []
         port = _parse_port(params.get("longRunningPort"), problems)
-
-        credentials = params.get("credentials") or {}
-        if not isinstance(credentials, dict):
-            credentials = {}
-        username = str(credentials.get("identifier") or "")
-        password = str(credentials.get("password") or "")
-        auth_header = ""
-        if username or password:
-            if not username:
-                problems.append("Username is empty but a Password is set: fill in both, or clear both to turn auth off.")
-            elif not password:
-                problems.append(
-                    "Password is empty but a Username is set: fill in both, or clear both to turn auth off."
-                )
-            if username.startswith(HEADER_AUTH_PREFIX):
-                auth_header = username[len(HEADER_AUTH_PREFIX) :].strip().lower()
-                if not auth_header:
-                    problems.append(
-                        "Username `_header:` has no header name: use `_header:<HEADER-NAME>`, "
-                        "for example `_header:Authorization`."
-                    )
-                elif not _is_header_token(auth_header):
-                    problems.append(f"Username `{username}` does not name a valid HTTP header: fix the header name.")
+        username, password, auth_header = _parse_credentials(params.get("credentials"), problems)
 
         certificate = _secret_text(params.get("certificate"))
         private_key = _secret_text(params.get("key"))
@@ -137,9 +179,10 @@ class WebhookConfig:
             if tls_problem:
                 problems.append(tls_problem)
 
-        if problems:
-            raise ConfigError(" ".join(problems))
-        return cls(
+        signature = _parse_signature(params, problems)
+        dedup_header, dedup_path = _parse_dedup_key(params.get("dedup_key"), problems)
+        max_body_mb = _number_param(params, "max_body_mb", 10, problems, minimum=0.001, integer=False)
+        config = cls(
             port=port or 0,
             auth_username="" if auth_header else username,
             auth_password=password,
@@ -147,8 +190,21 @@ class WebhookConfig:
             certificate=certificate,
             private_key=private_key,
             incident_type=str(params.get("incidentType") or ""),
-            store_samples=argToBoolean(params.get("store_samples") or False),
+            store_samples=_bool_param(params, "store_samples", problems),
+            signature=signature,
+            dedup_header=dedup_header,
+            dedup_path=dedup_path,
+            dedup_window=int(_number_param(params, "dedup_window", 86400, problems, minimum=1)),
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            max_items=int(_number_param(params, "max_items", 10_000, problems, minimum=1)),
+            max_in_flight=int(_number_param(params, "max_in_flight", 1000, problems, minimum=1)),
+            rate_limit_per_minute=int(_number_param(params, "rate_limit_per_minute", 0, problems, minimum=0)),
+            metrics_enabled=_bool_param(params, "metrics_enabled", problems),
+            mapping=_parse_mapping(params, problems),
         )
+        if problems:
+            raise ConfigError(" ".join(problems))
+        return config
 
 
 def _parse_port(value: Any, problems: list[str]) -> int | None:
@@ -164,6 +220,141 @@ def _parse_port(value: Any, problems: list[str]) -> int | None:
         problems.append(f"Listen Port {port} is out of range: set a port between 1 and 65535.")
         return None
     return port
+
+
+def _parse_credentials(credentials: Any, problems: list[str]) -> tuple[str, str, str]:
+    if not isinstance(credentials, dict):
+        credentials = {}
+    username = str(credentials.get("identifier") or "")
+    password = str(credentials.get("password") or "")
+    auth_header = ""
+    if not (username or password):
+        return "", "", ""
+    if not username:
+        problems.append("Username is empty but a Password is set: fill in both, or clear both to turn auth off.")
+    elif not password:
+        problems.append("Password is empty but a Username is set: fill in both, or clear both to turn auth off.")
+    if username.startswith(HEADER_AUTH_PREFIX):
+        auth_header = username[len(HEADER_AUTH_PREFIX) :].strip().lower()
+        if not auth_header:
+            problems.append(
+                "Username `_header:` has no header name: use `_header:<HEADER-NAME>`, for example "
+                "`_header:Authorization`."
+            )
+        elif not _is_header_token(auth_header):
+            problems.append(f"Username `{username}` does not name a valid HTTP header: fix the header name.")
+    return username, password, auth_header
+
+
+def _parse_signature(params: dict[str, Any], problems: list[str]) -> SignatureConfig | None:
+    scheme = str(params.get("signature_scheme") or "None").strip()
+    secret = _secret_text(params.get("signature_secret"))
+    if scheme not in SIGNATURE_SCHEMES:
+        problems.append(f"signature_scheme `{scheme}` is unknown: choose one of {', '.join(SIGNATURE_SCHEMES)}.")
+        return None
+    if scheme == "None":
+        if secret:
+            problems.append("signature_secret is set but signature_scheme is None: choose the sender's scheme.")
+        return None
+    if not secret:
+        problems.append(f"signature_scheme {scheme} needs a signature_secret: paste the sender's signing secret.")
+    tolerance = int(_number_param(params, "timestamp_tolerance", 300, problems, minimum=1))
+    if scheme == "Standard Webhooks":
+        key = secret[len("whsec_") :] if secret.startswith("whsec_") else secret
+        try:
+            secret_bytes = base64.b64decode(key, validate=True) if secret else b""
+        except (binascii.Error, ValueError):
+            problems.append("signature_secret for Standard Webhooks must be base64, usually starting with `whsec_`.")
+            secret_bytes = b""
+        return SignatureConfig(scheme, secret_bytes, tolerance=tolerance)
+    if scheme != "Generic HMAC":
+        return SignatureConfig(scheme, secret.encode("utf-8"), tolerance=tolerance)
+
+    header = str(params.get("signature_header") or "").strip().lower()
+    if not header:
+        problems.append("signature_header is required for Generic HMAC: name the header that carries the signature.")
+    elif not _is_header_token(header):
+        problems.append(f"signature_header `{header}` is not a valid HTTP header name.")
+    algorithm = str(params.get("signature_algorithm") or "sha256").strip().lower()
+    if algorithm not in SIGNATURE_ALGORITHMS:
+        problems.append(f"signature_algorithm `{algorithm}` is unknown: use sha1, sha256 or sha512.")
+    encoding = str(params.get("signature_encoding") or "hex").strip().lower()
+    if encoding not in SIGNATURE_ENCODINGS:
+        problems.append(f"signature_encoding `{encoding}` is unknown: use hex or base64.")
+    prefix = str(params.get("signature_prefix") or "")
+    return SignatureConfig(scheme, secret.encode("utf-8"), header, algorithm, encoding, prefix, tolerance)
+
+
+def _parse_dedup_key(value: Any, problems: list[str]) -> tuple[str, tuple | None]:
+    text = str(value or "").strip()
+    if not text:
+        return "", None
+    if text.lower().startswith("header:"):
+        header = text[len("header:") :].strip().lower()
+        if not header or not _is_header_token(header):
+            problems.append(f"dedup_key `{text}` does not name a header: use `header:<NAME>`, e.g. header:webhook-id.")
+        return header, None
+    return "", _parse_path("dedup_key", text, problems)
+
+
+def _parse_mapping(params: dict[str, Any], problems: list[str]) -> FieldMapping:
+    paths = {
+        name: _parse_path(f"{name}_path", str(params.get(f"{name}_path") or "").strip(), problems)
+        for name in ("name", "type", "occurred", "severity", "details")
+    }
+    severity_map: list[tuple[str, float]] = []
+    for entry in str(params.get("severity_map") or "").split(","):
+        if not entry.strip():
+            continue
+        word, separator, number = entry.partition("=")
+        try:
+            severity = _severity(number.strip()) if separator and word.strip() else None
+        except ValueError:
+            severity = None
+        if severity is None:
+            problems.append(
+                f"severity_map entry `{entry.strip()}` is not `<value>=<severity>` with a severity of 0-4 or 0.5, "
+                "e.g. low=1,medium=2,high=3,critical=4."
+            )
+            continue
+        severity_map.append((word.strip().lower(), severity))
+    return FieldMapping(**paths, severity_map=tuple(severity_map))
+
+
+def _parse_path(param: str, text: str, problems: list[str]) -> tuple | None:
+    """`a.b[0].c` or `a.b.0.c` -> ('a', 'b', '0', 'c'); list indexes are tried as numbers when resolving."""
+    if not text:
+        return None
+    parts = text.replace("[", ".").replace("]", "").split(".")
+    if any(not part.strip() for part in parts):
+        problems.append(f"{param} `{text}` is not a dotted path such as `alert.title` or `alerts[0].id`.")
+        return None
+    return tuple(part.strip() for part in parts)
+
+
+def _number_param(
+    params: dict[str, Any], name: str, default: float, problems: list[str], minimum: float, integer: bool = True
+) -> float:
+    value = params.get(name)
+    if value is None or str(value).strip() == "":
+        return default
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < minimum or (integer and number != int(number)):
+        kind = "an integer" if integer else "a number"
+        problems.append(f"{name} `{value}` must be {kind} of at least {minimum:g}.")
+        return default
+    return number
+
+
+def _bool_param(params: dict[str, Any], name: str, problems: list[str]) -> bool:
+    try:
+        return argToBoolean(params.get(name) or False)
+    except ValueError:
+        problems.append(f"{name} `{params.get(name)}` must be true or false.")
+        return False
 
 
 def _secret_text(value: Any) -> str:
@@ -207,17 +398,10 @@ def check_tls_pair(certificate: str, private_key: str) -> str:
     return ""
 
 
-""" REQUEST HANDLING (no demisto calls here) """
+""" AUTHENTICATION AND SIGNATURES (no demisto calls here) """
 
 
-def header_value(raw_headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in raw_headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
-def authenticate(config: WebhookConfig, raw_headers: list[tuple[bytes, bytes]]) -> None:
+def authenticate(config: WebhookConfig, headers: dict[bytes, bytes]) -> None:
     """Raises a 401 RequestError unless the request carries the configured credentials.
 
     Secrets are compared as UTF-8 bytes in constant time, so non-ASCII secrets work.
@@ -227,12 +411,12 @@ def authenticate(config: WebhookConfig, raw_headers: list[tuple[bytes, bytes]]) 
         return
     expected_password = config.auth_password.encode("utf-8")
     if mode == "header":
-        given = header_value(raw_headers, config.auth_header.encode("latin-1")) or b""
+        given = headers.get(config.auth_header.encode("latin-1"), b"")
         if hmac.compare_digest(given, expected_password):
             return
         raise RequestError(401, "unauthorized", AUTH_FAILED_MESSAGE)
 
-    given_user, given_password = _basic_credentials(header_value(raw_headers, b"authorization"))
+    given_user, given_password = _basic_credentials(headers.get(b"authorization"))
     user_ok = hmac.compare_digest(given_user, config.auth_username.encode("utf-8"))
     password_ok = hmac.compare_digest(given_password, expected_password)
     if user_ok and password_ok:
@@ -259,22 +443,207 @@ def _basic_credentials(authorization: bytes | None) -> tuple[bytes, bytes]:
     return user, password
 
 
-def parse_body(body: bytes) -> list[dict[str, Any]]:
-    """Parses the request body into a list of event objects, or raises a 400 RequestError naming the problem."""
-    if not body.strip():
-        raise RequestError(400, "empty_body", "The request body is empty: send a JSON object or an array of objects.")
+def _signature_error(error: str, detail: str) -> RequestError:
+    return RequestError(401, error, detail)
+
+
+def _required_header(headers: dict[bytes, bytes], name: str) -> bytes:
+    value = headers.get(name.lower().encode("latin-1"))
+    if value is None or not value.strip():
+        raise _signature_error("signature_missing", f"The {name} header is missing: the request must be signed.")
+    return value.strip()
+
+
+def _check_timestamp(raw: bytes, name: str, tolerance: int, now: float) -> None:
     try:
-        text = body.decode("utf-8-sig")
+        timestamp = int(raw)
+    except ValueError:
+        raise _signature_error("signature_malformed", f"The {name} timestamp is not a Unix time in seconds.") from None
+    if abs(now - timestamp) > tolerance:
+        raise _signature_error(
+            "signature_stale",
+            f"The {name} timestamp is more than {tolerance} s away from the server's clock: the request is "
+            "refused as a replay. Check the sender's clock, or timestamp_tolerance.",
+        )
+
+
+def _hmac(secret: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
+    return hmac.new(secret, message, getattr(hashlib, algorithm)).digest()
+
+
+def _any_matches(expected: bytes, candidates: list[bytes]) -> bool:
+    matched = False
+    for candidate in candidates:  # compare with every candidate: the time taken does not reveal which matched
+        matched |= hmac.compare_digest(expected, candidate)
+    return matched
+
+
+def _mismatch(header: str) -> RequestError:
+    return _signature_error(
+        "signature_mismatch", f"The {header} signature does not match the body: check signature_secret."
+    )
+
+
+def _from_hex(value: bytes, header: str) -> bytes:
+    try:
+        return bytes.fromhex(value.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        raise _signature_error("signature_malformed", f"The {header} signature is not hexadecimal.") from None
+
+
+def verify_signature(signature: SignatureConfig, headers: dict[bytes, bytes], body: bytes, now: float) -> None:
+    """Checks the sender's signature over the exact body bytes received; raises a 401 RequestError naming
+    the check that failed (missing header, bad format, stale timestamp, mismatch)."""
+    scheme = signature.scheme
+    secret = signature.secret
+    if scheme == "GitHub":
+        name = "X-Hub-Signature-256"
+        value = _required_header(headers, name)
+        if not value.startswith(b"sha256="):
+            raise _signature_error("signature_malformed", f"The {name} header must start with `sha256=`.")
+        if not hmac.compare_digest(_hmac(secret, body), _from_hex(value[7:], name)):
+            raise _mismatch(name)
+    elif scheme == "Slack":
+        name = "X-Slack-Signature"
+        value = _required_header(headers, name)
+        timestamp = _required_header(headers, "X-Slack-Request-Timestamp")
+        if not value.startswith(b"v0="):
+            raise _signature_error("signature_malformed", f"The {name} header must start with `v0=`.")
+        _check_timestamp(timestamp, "X-Slack-Request-Timestamp", signature.tolerance, now)
+        expected = _hmac(secret, b"v0:" + timestamp + b":" + body)
+        if not hmac.compare_digest(expected, _from_hex(value[3:], name)):
+            raise _mismatch(name)
+    elif scheme == "Stripe":
+        name = "Stripe-Signature"
+        parts = [part.strip().partition(b"=") for part in _required_header(headers, name).split(b",")]
+        timestamps = [value for key, _, value in parts if key == b"t"]
+        signatures = [_from_hex(value, name) for key, _, value in parts if key == b"v1"]
+        if len(timestamps) != 1 or not signatures:
+            raise _signature_error("signature_malformed", f"The {name} header must be `t=<time>,v1=<signature>`.")
+        _check_timestamp(timestamps[0], name, signature.tolerance, now)
+        if not _any_matches(_hmac(secret, timestamps[0] + b"." + body), signatures):
+            raise _mismatch(name)
+    elif scheme == "Standard Webhooks":
+        prefix = "svix" if b"svix-signature" in headers and b"webhook-signature" not in headers else "webhook"
+        name = f"{prefix}-signature"
+        message_id = _required_header(headers, f"{prefix}-id")
+        timestamp = _required_header(headers, f"{prefix}-timestamp")
+        value = _required_header(headers, name)
+        _check_timestamp(timestamp, f"{prefix}-timestamp", signature.tolerance, now)
+        candidates = []
+        for item in value.split():
+            version, _, encoded = item.partition(b",")
+            if version == b"v1":
+                try:
+                    candidates.append(base64.b64decode(encoded, validate=True))
+                except (binascii.Error, ValueError):
+                    raise _signature_error("signature_malformed", f"A v1 signature in {name} is not base64.") from None
+        if not candidates:
+            raise _signature_error("signature_malformed", f"The {name} header has no `v1,<base64>` signature.")
+        if not _any_matches(_hmac(secret, message_id + b"." + timestamp + b"." + body), candidates):
+            raise _mismatch(name)
+    elif scheme == "Generic HMAC":
+        name = signature.header
+        value = _required_header(headers, name)
+        prefix = signature.prefix.encode("utf-8")
+        if prefix and not value.startswith(prefix):
+            raise _signature_error("signature_malformed", f"The {name} header must start with `{signature.prefix}`.")
+        value = value[len(prefix) :]
+        if signature.encoding == "hex":
+            given = _from_hex(value, name)
+        else:
+            try:
+                given = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise _signature_error("signature_malformed", f"The {name} signature is not base64.") from None
+        if not hmac.compare_digest(_hmac(secret, body, signature.algorithm), given):
+            raise _mismatch(name)
+
+
+""" BODY DECODING AND PARSING (no demisto calls here) """
+
+
+def too_large(config: WebhookConfig, what: str) -> RequestError:
+    limit = config.max_body_bytes / (1024 * 1024)
+    return RequestError(
+        413,
+        "payload_too_large",
+        f"The {what} is larger than the limit of {limit:g} MiB: send smaller batches, or raise max_body_mb.",
+    )
+
+
+def decode_content(body: bytes, content_encoding: str, config: WebhookConfig) -> bytes:
+    """Undoes Content-Encoding gzip or deflate (zlib or raw) without inflating past the body limit."""
+    encoding = content_encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding in ("gzip", "x-gzip"):
+        wbits = 31
+    elif encoding == "deflate":
+        looks_zlib = len(body) >= 2 and body[0] & 0x0F == 8 and ((body[0] << 8) | body[1]) % 31 == 0
+        wbits = 15 if looks_zlib else -15
+    else:
+        raise RequestError(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding `{content_encoding[:40]}` is not supported: send gzip, deflate or no encoding.",
+        )
+    inflater = zlib.decompressobj(wbits)
+    try:
+        inflated = inflater.decompress(body, config.max_body_bytes + 1)
+        if len(inflated) > config.max_body_bytes or inflater.unconsumed_tail:
+            raise too_large(config, "decompressed body")
+        inflated += inflater.flush()
+    except zlib.error:
+        raise RequestError(400, "invalid_encoding", f"The body is not valid {encoding} data.") from None
+    if not inflater.eof:
+        raise RequestError(400, "invalid_encoding", f"The {encoding} body is truncated.")
+    if len(inflated) > config.max_body_bytes:
+        raise too_large(config, "decompressed body")
+    return inflated
+
+
+def _decode_text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise RequestError(
-            400, "invalid_encoding", f"The request body is not valid UTF-8 (byte {error.start}): send UTF-8 JSON."
+            400, "invalid_encoding", f"The request body is not valid UTF-8 (byte {error.start}): send UTF-8."
         ) from None
+
+
+def _load_json(text: str) -> Any:
     try:
-        payload = json.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError):
         raise RequestError(400, "invalid_json", BAD_JSON_MESSAGE) from None
+
+
+def parse_events(body: bytes, content_type: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Parses the body into event objects and a label per event for error messages ('' for a lone object).
+
+    JSON object or array (any Content-Type not listed below, as the original), NDJSON (one object per line),
+    form-urlencoded (one object of the fields), text/plain (the text under `text`, unless it is JSON).
+    """
+    media_type = content_type.partition(";")[0].strip().lower()
+    if not body.strip():
+        raise RequestError(400, "empty_body", "The request body is empty: send a JSON object or an array of objects.")
+    text = _decode_text(body)
+    if media_type in NDJSON_TYPES:
+        return _parse_ndjson(text)
+    if media_type == FORM_TYPE:
+        return [_parse_form(text)], [""]
+    if media_type == TEXT_TYPE:
+        stripped = text.lstrip()
+        if not stripped.startswith(("{", "[")):
+            return [{TEXT_KEY: text}], [""]
+        try:
+            json.loads(text)
+        except (ValueError, RecursionError):
+            return [{TEXT_KEY: text}], [""]
+    payload = _load_json(text)
     if isinstance(payload, dict):
-        return [payload]
+        return [payload], [""]
     if isinstance(payload, list):
         for index, item in enumerate(payload):
             if not isinstance(item, dict):
@@ -283,10 +652,46 @@ def parse_body(body: bytes) -> list[dict[str, Any]]:
                     "invalid_item",
                     f"Item {index} of the array is {_json_kind(item)}: every item must be a JSON object.",
                 )
-        return payload
+        return payload, [f"Item {index}" for index in range(len(payload))]
     raise RequestError(
         400, "invalid_body", f"The body is {_json_kind(payload)}: send a JSON object or an array of JSON objects."
     )
+
+
+def _parse_ndjson(text: str) -> tuple[list[dict[str, Any]], list[str]]:
+    items: list[dict[str, Any]] = []
+    labels: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except (ValueError, RecursionError):
+            raise RequestError(400, "invalid_json", f"Line {number} is not valid JSON: {BAD_JSON_MESSAGE}.") from None
+        if not isinstance(item, dict):
+            raise RequestError(
+                400, "invalid_item", f"Line {number} is {_json_kind(item)}: every line must be a JSON object."
+            )
+        items.append(item)
+        labels.append(f"Line {number}")
+    if not items:
+        raise RequestError(400, "empty_body", "The NDJSON body has no lines: send one JSON object per line.")
+    return items, labels
+
+
+def _parse_form(text: str) -> dict[str, Any]:
+    """Form fields become the event; a repeated field becomes a list; a field holding a JSON object or array
+    (such as Slack's `payload`) is parsed."""
+    fields: dict[str, list[Any]] = {}
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        parsed: Any = value
+        if value[:1] in ("{", "["):
+            try:
+                parsed = json.loads(value)
+            except (ValueError, RecursionError):
+                parsed = value
+        fields.setdefault(key, []).append(parsed)
+    return {key: values[0] if len(values) == 1 else values for key, values in fields.items()}
 
 
 def _json_kind(value: Any) -> str:
@@ -303,6 +708,27 @@ def _json_kind(value: Any) -> str:
     return "an object"
 
 
+def resolve_path(event: Any, path: tuple) -> Any:
+    """The value at a dotted path, or None; list indexes may be negative."""
+    value = event
+    for part in path:
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list):
+            try:
+                value = value[int(part)]
+            except (ValueError, IndexError):
+                return None
+        else:
+            return None
+        if value is None:
+            return None
+    return value
+
+
+""" INCIDENT BUILDING (no demisto calls here) """
+
+
 def visible_headers(raw_headers: list[tuple[bytes, bytes]], hidden: frozenset[str]) -> dict[str, str]:
     """The request headers to keep in rawJSON: lower-cased names, credentials removed, repeats joined."""
     headers: dict[str, str] = {}
@@ -316,42 +742,45 @@ def visible_headers(raw_headers: list[tuple[bytes, bytes]], hidden: frozenset[st
 
 
 def build_incidents(
-    items: list[dict[str, Any]], headers: dict[str, str], default_type: str
+    items: list[dict[str, Any]], labels: list[str], headers: dict[str, str], config: WebhookConfig
 ) -> list[dict[str, Any]]:
     """Turns event objects into incident dicts for createIncidents; raises a 400 RequestError naming the bad item."""
     incidents = []
-    for index, item in enumerate(items):
+    for item, label in zip(items, labels, strict=True):
         try:
-            incidents.append(build_incident(item, headers, default_type))
+            incidents.append(build_incident(item, headers, config))
         except ValueError as error:
-            prefix = f"Item {index}: " if len(items) > 1 else ""
-            raise RequestError(400, "invalid_field", f"{prefix}{error}") from None
+            raise RequestError(400, "invalid_field", f"{label}: {error}" if label else str(error)) from None
     return incidents
 
 
-def build_incident(item: dict[str, Any], headers: dict[str, str], default_type: str) -> dict[str, Any]:
-    raw = _raw_event(item)
+def build_incident(item: dict[str, Any], headers: dict[str, str], config: WebhookConfig) -> dict[str, Any]:
+    event = _raw_event(item)
+    mapped = _mapped_fields(event, config.mapping)
     # Request headers go under `headers`; an event that has its own `headers` keeps it, and the request
     # headers go under `request_headers` instead (neither key is ever overwritten).
+    raw = event
     for key in REQUEST_HEADERS_KEYS:
         if key not in raw:
             raw = {**raw, key: headers}
             break
 
     incident: dict[str, Any] = {
-        "name": _text_field(item, "name") or DEFAULT_INCIDENT_NAME,
-        "occurred": _occurred(item.get("occurred")),
+        "name": mapped.get("name") or _text_field(item, "name") or DEFAULT_INCIDENT_NAME,
+        "occurred": mapped.get("occurred") or _occurred(item.get("occurred")),
         "rawJSON": json.dumps(raw),
     }
-    incident_type = _text_field(item, "type") or default_type
+    incident_type = mapped.get("type") or _text_field(item, "type") or config.incident_type
     if incident_type:
         incident["type"] = incident_type
-    if item.get("severity") is not None:
+    if "severity" in mapped:
+        incident["severity"] = mapped["severity"]
+    elif item.get("severity") is not None:
         incident["severity"] = _severity(item["severity"])
     if item.get("labels") is not None:
         incident["labels"] = _labels(item["labels"])
-    if item.get("details") is not None:
-        details = item["details"]
+    details = mapped.get("details", item.get("details"))
+    if details is not None:
         incident["details"] = details if isinstance(details, str) else json.dumps(details)
     if item.get("customFields") is not None:
         if not isinstance(item["customFields"], dict):
@@ -360,6 +789,39 @@ def build_incident(item: dict[str, Any], headers: dict[str, str], default_type: 
     if item.get("dbotMirrorId") is not None:
         incident["dbotMirrorId"] = _text_field(item, "dbotMirrorId")
     return incident
+
+
+def _mapped_fields(event: dict[str, Any], mapping: FieldMapping) -> dict[str, Any]:
+    """Fields found at the configured paths. A missing or unusable value falls back to the usual source."""
+    mapped: dict[str, Any] = {}
+    for name in ("name", "type", "details"):
+        path = getattr(mapping, name)
+        value = resolve_path(event, path) if path else None
+        if value is None or value == "":
+            continue
+        if name == "details":
+            mapped[name] = value
+        else:
+            mapped[name] = json.dumps(value) if isinstance(value, dict | list) else str(value)
+    if mapping.occurred:
+        try:
+            occurred = _occurred(resolve_path(event, mapping.occurred))
+        except ValueError:
+            occurred = None
+        if occurred:
+            mapped["occurred"] = occurred
+    if mapping.severity:
+        value = resolve_path(event, mapping.severity)
+        word = str(value).strip().lower() if value is not None else ""
+        severity = dict(mapping.severity_map).get(word)
+        if severity is None and value is not None:
+            try:
+                severity = _severity(value)
+            except ValueError:
+                severity = None
+        if severity is not None:
+            mapped["severity"] = severity
+    return mapped
 
 
 def _raw_event(item: dict[str, Any]) -> dict[str, Any]:
@@ -403,9 +865,7 @@ def _occurred(value: Any) -> str | None:
         try:
             datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
-            raise ValueError(
-                f"occurred `{value[:64]}` is not an ISO-8601 time such as 2024-05-01T12:00:00Z."
-            ) from None
+            raise ValueError(f"occurred `{value[:64]}` is not an ISO-8601 time such as 2024-05-01T12:00:00Z.") from None
         return value
     raise ValueError(f"occurred must be an ISO-8601 time or epoch seconds, not {_json_kind(value)}.")
 
@@ -422,9 +882,7 @@ def _severity(value: Any) -> float | int:
             number = None
     if not isinstance(number, bool) and isinstance(number, int | float) and number in VALID_SEVERITIES:
         return 0.5 if number == 0.5 else int(number)
-    raise ValueError(
-        f"severity `{str(value)[:32]}` is not valid: use 0-4, 0.5, or one of {', '.join(SEVERITY_WORDS)}."
-    )
+    raise ValueError(f"severity `{str(value)[:32]}` is not valid: use 0-4, 0.5, or one of {', '.join(SEVERITY_WORDS)}.")
 
 
 def _labels(value: Any) -> list[dict[str, str]]:
@@ -438,7 +896,34 @@ def _labels(value: Any) -> list[dict[str, str]]:
     return labels
 
 
-""" SAMPLES """
+@dataclass
+class Unit:
+    """Incidents that are created together or recognised together as a repeat of an earlier delivery."""
+
+    incidents: list[dict[str, Any]]
+    key: str | None = None
+
+
+def delivery_units(
+    incidents: list[dict[str, Any]], items: list[dict[str, Any]], headers: dict[bytes, bytes], config: WebhookConfig
+) -> list[Unit]:
+    """A header dedup key covers the whole request; a body-path key covers each event on its own."""
+    if config.dedup_header:
+        key = headers.get(config.dedup_header.encode("latin-1"))
+        return [Unit(incidents, f"h:{key.decode('latin-1')}" if key else None)]
+    if config.dedup_path:
+        units = []
+        for incident, item in zip(incidents, items, strict=True):
+            value = resolve_path(_raw_event(item), config.dedup_path)
+            if value is None:
+                value = resolve_path(item, config.dedup_path)
+            key = None if value is None or isinstance(value, dict | list) else f"p:{value}"
+            units.append(Unit([incident], key))
+        return units
+    return [Unit(incidents)]
+
+
+""" SAMPLES AND SEEN DELIVERIES """
 
 
 @dataclass
@@ -497,17 +982,145 @@ def sample_key(incident: dict[str, Any]) -> str:
 
 def load_samples(context: dict[str, Any]) -> list[dict[str, Any]]:
     """Reads `sample_events` from the integration context in the original's shape: a JSON list of incidents."""
-    stored = context.get(SAMPLE_EVENTS_KEY) or "[]"
-    try:
-        samples = json.loads(stored) if isinstance(stored, str) else stored
-    except ValueError:
-        return []
+    samples = _context_json(context, SAMPLE_EVENTS_KEY, [])
     return [sample for sample in samples if isinstance(sample, dict)] if isinstance(samples, list) else []
+
+
+def _context_json(context: dict[str, Any], key: str, default: Any) -> Any:
+    stored = context.get(key)
+    if stored is None:
+        return default
+    try:
+        return json.loads(stored) if isinstance(stored, str) else stored
+    except ValueError:
+        return default
+
+
+SUMMARY_FIELDS = ("id", "name", "type", "severity", "occurred", "created")
+
+
+class SeenDeliveries:
+    """Dedup keys seen within the window, each with a summary of the incidents it created (oldest first)."""
+
+    def __init__(self, stored: Any, window: int, max_keys: int = MAX_DEDUP_KEYS) -> None:
+        self.window = window
+        self.max_keys = max_keys
+        self.entries: OrderedDict[str, tuple[float, list[dict[str, Any]]]] = OrderedDict()
+        if isinstance(stored, dict):
+            for key, entry in sorted(stored.items(), key=lambda item: _seen_time(item[1])):
+                if isinstance(entry, dict) and isinstance(entry.get("incidents"), list):
+                    self.entries[key] = (_seen_time(entry), entry["incidents"])
+
+    def expire(self, now: float) -> bool:
+        changed = False
+        while self.entries:
+            key, (seen, _) = next(iter(self.entries.items()))
+            if now - seen <= self.window and len(self.entries) <= self.max_keys:
+                break
+            del self.entries[key]
+            changed = True
+        return changed
+
+    def get(self, key: str, now: float) -> list[dict[str, Any]] | None:
+        entry = self.entries.get(key)
+        return entry[1] if entry is not None and now - entry[0] <= self.window else None
+
+    def record(self, key: str, created: list[dict[str, Any]], now: float) -> None:
+        summary = [{name: incident[name] for name in SUMMARY_FIELDS if name in incident} for incident in created]
+        self.entries[key] = (now, summary)
+        self.entries.move_to_end(key)
+
+    def to_context(self) -> dict[str, Any]:
+        return {key: {"t": seen, "incidents": incidents} for key, (seen, incidents) in self.entries.items()}
+
+
+def _seen_time(entry: Any) -> float:
+    try:
+        return float(entry.get("t", 0))
+    except (AttributeError, TypeError, ValueError):
+        return 0.0
 
 
 """ INCIDENT CREATION """
 
-CreateBatch = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+@dataclass
+class UnitResult:
+    incidents: list[dict[str, Any]]
+    duplicate: bool = False
+
+
+class IncidentSink:
+    """What one batch does on the worker thread: drop repeats, create the rest in one createIncidents call,
+    then store samples and seen keys in one integration-context write."""
+
+    def __init__(self, config: WebhookConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.samples: SampleBuffer | None = None
+        self.seen: SeenDeliveries | None = None
+
+    def __call__(self, units: list[Unit]) -> list[UnitResult]:
+        if self.config.dedup_enabled or self.config.store_samples:
+            self._load_state()
+        now = self.clock()
+        results: list[UnitResult | None] = [None] * len(units)
+        creating: dict[str, int] = {}  # dedup key -> unit that creates it in this batch
+        to_create: list[int] = []
+        for position, unit in enumerate(units):
+            if unit.key is not None and self.seen is not None:
+                earlier = self.seen.get(unit.key, now)
+                if earlier is not None:
+                    results[position] = UnitResult(earlier, duplicate=True)
+                    continue
+                if unit.key in creating:
+                    continue  # answered below with what the first unit of this batch created
+                creating[unit.key] = position
+            to_create.append(position)
+
+        incidents = [incident for position in to_create for incident in units[position].incidents]
+        created = (demisto.createIncidents(incidents) or []) if incidents else []
+        offset = 0
+        for position in to_create:
+            count = len(units[position].incidents)
+            results[position] = UnitResult(created[offset : offset + count])
+            offset += count
+        for position, unit in enumerate(units):
+            if results[position] is None and unit.key is not None:
+                results[position] = UnitResult(results[creating[unit.key]].incidents, duplicate=True)  # type: ignore
+        self._remember(units, results, incidents, now)
+        return results  # type: ignore[return-value]
+
+    def _load_state(self) -> None:
+        if self.samples is not None or self.seen is not None:
+            return
+        context = get_integration_context()
+        if self.config.store_samples:
+            self.samples = SampleBuffer(load_samples(context))
+        if self.config.dedup_enabled:
+            self.seen = SeenDeliveries(_context_json(context, DEDUP_KEYS_KEY, {}), self.config.dedup_window)
+
+    def _remember(
+        self, units: list[Unit], results: list[UnitResult | None], created: list[dict[str, Any]], now: float
+    ) -> None:
+        """The incidents exist now: a failure here is logged and must not fail the request."""
+        update: dict[str, Any] = {}
+        if self.seen is not None:
+            changed = self.seen.expire(now)
+            for unit, result in zip(units, results, strict=True):
+                if unit.key is not None and result is not None and not result.duplicate:
+                    self.seen.record(unit.key, result.incidents, now)
+                    changed = True
+            if changed:
+                update[DEDUP_KEYS_KEY] = self.seen.to_context()
+        if self.samples is not None and created and self.samples.add(created):
+            update[SAMPLE_EVENTS_KEY] = self.samples.samples
+        if not update:
+            return
+        try:
+            set_to_integration_context_with_retries(update)
+        except Exception as error:
+            demisto.error(f"Generic Webhook: could not save samples or seen delivery keys: {error}")
 
 
 class IncidentBatcher:
@@ -515,25 +1128,31 @@ class IncidentBatcher:
 
     Each demisto call is a blocking round trip to the server, so none runs on the event loop. While one
     createIncidents call is in flight, new requests wait and are then created in one call; every request
-    is answered with its own slice of the result, or with the error of the batch it was in.
+    is answered with its own results, or with the error of the batch it was in.
     """
 
-    def __init__(self, create_batch: CreateBatch, executor: ThreadPoolExecutor, max_batch: int = 1000) -> None:
-        self._create_batch = create_batch
+    def __init__(
+        self,
+        sink: Callable[[list[Unit]], list[UnitResult]],
+        executor: ThreadPoolExecutor,
+        max_batch: int = MAX_BATCH_INCIDENTS,
+    ) -> None:
+        self._sink = sink
         self._executor = executor
         self._max_batch = max_batch
-        self._waiting: list[tuple[list[dict[str, Any]], asyncio.Future]] = []
+        self._waiting: list[tuple[list[Unit], asyncio.Future]] = []
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task | None = None
+        self.last_batch_failed = False
 
-    async def submit(self, incidents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def submit(self, units: list[Unit]) -> list[UnitResult]:
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
             self._wakeup = asyncio.Event()
             self._waiting = [(waiting, future) for waiting, future in self._waiting if future.get_loop() is loop]
             self._worker = loop.create_task(self._run(self._wakeup))
         future: asyncio.Future = loop.create_future()
-        self._waiting.append((incidents, future))
+        self._waiting.append((units, future))
         self._wakeup.set()
         return await future
 
@@ -544,53 +1163,152 @@ class IncidentBatcher:
             wakeup.clear()
             while self._waiting:
                 batch = self._take_batch()
-                incidents = [incident for request_incidents, _ in batch for incident in request_incidents]
+                units = [unit for request_units, _ in batch for unit in request_units]
                 try:
-                    created = await loop.run_in_executor(self._executor, self._create_batch, incidents)
+                    results = await loop.run_in_executor(self._executor, self._sink, units)
                 except Exception as error:
+                    self.last_batch_failed = True
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(error)
                     continue
+                self.last_batch_failed = False
                 position = 0
-                for request_incidents, future in batch:
+                for request_units, future in batch:
                     if not future.done():
-                        future.set_result(created[position : position + len(request_incidents)])
-                    position += len(request_incidents)
+                        future.set_result(results[position : position + len(request_units)])
+                    position += len(request_units)
 
-    def _take_batch(self) -> list[tuple[list[dict[str, Any]], asyncio.Future]]:
+    def _take_batch(self) -> list[tuple[list[Unit], asyncio.Future]]:
         count = 0
         taken = 0
-        for incidents, _ in self._waiting:
-            if taken and count + len(incidents) > self._max_batch:
+        for units, _ in self._waiting:
+            size = sum(len(unit.incidents) for unit in units)
+            if taken and count + size > self._max_batch:
                 break
-            count += len(incidents)
+            count += size
             taken += 1
         batch, self._waiting = self._waiting[:taken], self._waiting[taken:]
         return batch
 
 
-class IncidentSink:
-    """What one batch does on the worker thread: create the incidents, then store samples (one context write)."""
+""" ADMISSION, METRICS """
 
-    def __init__(self, store_samples: bool) -> None:
-        self.store_samples = store_samples
-        self.samples: SampleBuffer | None = None
 
-    def __call__(self, incidents: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        created = demisto.createIncidents(incidents) or []
-        if self.store_samples:
-            try:
-                self._store_samples(incidents)
-            except Exception as error:  # the incidents exist: a sample failure must not fail the request
-                demisto.error(f"Generic Webhook: could not store sample events: {error}")
-        return created
+class Admission:
+    """The in-flight cap (503) and the optional per-client rate limit (429), both with Retry-After."""
 
-    def _store_samples(self, incidents: list[dict[str, Any]]) -> None:
-        if self.samples is None:
-            self.samples = SampleBuffer(load_samples(get_integration_context()))
-        if self.samples.add(incidents):
-            set_to_integration_context_with_retries({SAMPLE_EVENTS_KEY: self.samples.samples})
+    def __init__(self, max_in_flight: int, rate_limit_per_minute: int, clock: Callable[[], float] = time.monotonic):
+        self.max_in_flight = max_in_flight
+        self.rate_limit = rate_limit_per_minute
+        self.clock = clock
+        self.in_flight = 0
+        self._window_start = 0.0
+        self._counts: dict[str, int] = {}
+
+    def enter(self, client: str) -> None:
+        if self.in_flight >= self.max_in_flight:
+            raise RequestError(
+                503,
+                "overloaded",
+                f"More than {self.max_in_flight} requests are in progress: retry shortly (max_in_flight).",
+                {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)},
+            )
+        if self.rate_limit:
+            now = self.clock()
+            if now - self._window_start >= 60:
+                self._window_start = now
+                self._counts.clear()  # one fixed window a minute keeps memory bounded by the clients of a minute
+            count = self._counts.get(client, 0) + 1
+            self._counts[client] = count
+            if count > self.rate_limit:
+                retry_after = max(1, math.ceil(60 - (now - self._window_start)))
+                raise RequestError(
+                    429,
+                    "rate_limited",
+                    f"More than {self.rate_limit} requests a minute from {client}: retry after {retry_after} s.",
+                    {"Retry-After": str(retry_after)},
+                )
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+class Metrics:
+    """Counters and a latency histogram, updated on the event loop thread, rendered as Prometheus text."""
+
+    def __init__(self) -> None:
+        self.requests: dict[int, int] = {}
+        self.incidents_created = 0
+        self.bytes_received = 0
+        self.auth_failures = 0
+        self.signature_failures: dict[str, int] = {}
+        self.duplicates = 0
+        self.bucket_counts = [0] * len(LATENCY_BUCKETS)
+        self.latency_sum = 0.0
+        self.latency_count = 0
+
+    def observe(self, status: int, seconds: float) -> None:
+        self.requests[status] = self.requests.get(status, 0) + 1
+        self.latency_sum += seconds
+        self.latency_count += 1
+        for position, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.bucket_counts[position] += 1
+                break
+
+    def count_error(self, error: RequestError) -> None:
+        if error.error == "unauthorized":
+            self.auth_failures += 1
+        elif error.error.startswith("signature_"):
+            reason = error.error[len("signature_") :]
+            self.signature_failures[reason] = self.signature_failures.get(reason, 0) + 1
+
+    def render(self, in_flight: int) -> str:
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+            lines.append(f"# HELP generic_webhook_{name} {help_text}")
+            lines.append(f"# TYPE generic_webhook_{name} {kind}")
+            lines.extend(f"generic_webhook_{name}{labels} {value:g}" for labels, value in samples)
+
+        metric(
+            "requests_total",
+            "counter",
+            "Requests answered, by HTTP status.",
+            [(f'{{status="{status}"}}', count) for status, count in sorted(self.requests.items())],
+        )
+        metric("incidents_created_total", "counter", "Incidents created.", [("", self.incidents_created)])
+        metric("received_bytes_total", "counter", "Request body bytes received.", [("", self.bytes_received)])
+        metric(
+            "auth_failures_total", "counter", "Requests refused by Basic or header auth.", [("", self.auth_failures)]
+        )
+        metric(
+            "signature_failures_total",
+            "counter",
+            "Requests refused by signature verification, by reason.",
+            [(f'{{reason="{reason}"}}', count) for reason, count in sorted(self.signature_failures.items())],
+        )
+        metric(
+            "duplicates_total",
+            "counter",
+            "Deliveries recognised as repeats and not created again.",
+            [("", self.duplicates)],
+        )
+        metric("in_flight_requests", "gauge", "Webhook requests being processed.", [("", in_flight)])
+        cumulative = 0
+        samples = []
+        for bound, count in zip(LATENCY_BUCKETS, self.bucket_counts, strict=True):
+            cumulative += count
+            samples.append((f'_bucket{{le="{bound:g}"}}', cumulative))
+        samples += [
+            ('_bucket{le="+Inf"}', self.latency_count),
+            ("_sum", self.latency_sum),
+            ("_count", self.latency_count),
+        ]
+        metric("request_duration_seconds", "histogram", "Time to answer a request.", samples)
+        return "\n".join(lines) + "\n"
 
 
 """ HTTP APPLICATION """
@@ -600,13 +1318,31 @@ def error_response(status: int, error: str, detail: str, headers: dict[str, str]
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
+async def read_body(request: Request, config: WebhookConfig) -> bytes:
+    """Reads the body, refusing it with 413 as soon as it passes the limit, with or without Content-Length."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > config.max_body_bytes:
+        raise too_large(config, "body")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > config.max_body_bytes:
+            raise too_large(config, "body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(
     config: WebhookConfig,
-    create_incidents: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]],
+    batcher: IncidentBatcher,
+    metrics: Metrics,
     log_error: Callable[[str], None],
+    clock: Callable[[], float] = time.time,
 ) -> FastAPI:
-    """The webhook app: auth -> read body -> parse -> build incidents -> create -> respond."""
+    """The webhook app: admit -> auth -> read -> verify -> decode -> parse -> build -> create -> respond."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    admission = Admission(config.max_in_flight, config.rate_limit_per_minute)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
@@ -614,21 +1350,60 @@ def create_app(
         detail = "Only POST is accepted: send events with POST." if error.status_code == 405 else str(error.detail)
         return error_response(error.status_code, word, detail, getattr(error, "headers", None))
 
+    @app.api_route("/health", methods=["GET", "HEAD"])
+    async def health() -> Response:
+        if batcher.last_batch_failed:
+            return error_response(503, "unhealthy", "The last incidents could not be created.", {"Retry-After": "5"})
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics_page(request: Request) -> Response:
+        if not config.metrics_enabled:
+            return error_response(404, "not_found", "Metrics are off: turn on metrics_enabled to serve them.")
+        try:
+            authenticate(config, dict(request.scope["headers"]))
+        except RequestError as error:
+            metrics.count_error(error)
+            return error_response(error.status, error.error, error.detail, error.headers)
+        return Response(metrics.render(admission.in_flight), media_type="text/plain; version=0.0.4; charset=utf-8")
+
     @app.post("/{path:path}")
     async def handle_webhook(request: Request) -> Response:
+        client = request.scope.get("client") or ("-", 0)
         try:
-            raw_headers = request.scope["headers"]
-            authenticate(config, raw_headers)
-            items = parse_body(await request.body())
-            incidents = build_incidents(
-                items, visible_headers(raw_headers, config.hidden_headers), config.incident_type
-            )
+            admission.enter(client[0])
         except RequestError as error:
             return error_response(error.status, error.error, error.detail, error.headers)
+        try:
+            return await receive(request)
+        except RequestError as error:
+            metrics.count_error(error)
+            return error_response(error.status, error.error, error.detail, error.headers)
+        finally:
+            admission.leave()
+
+    async def receive(request: Request) -> Response:
+        raw_headers = request.scope["headers"]
+        headers = dict(raw_headers)
+        authenticate(config, headers)
+        body = await read_body(request, config)
+        metrics.bytes_received += len(body)
+        if config.signature is not None:
+            verify_signature(config.signature, headers, body, clock())
+        body = decode_content(body, headers.get(b"content-encoding", b"").decode("latin-1"), config)
+        items, labels = parse_events(body, headers.get(b"content-type", b"").decode("latin-1"))
+        if len(items) > config.max_items:
+            raise RequestError(
+                413,
+                "too_many_items",
+                f"The request holds {len(items)} events, more than max_items ({config.max_items}): send smaller "
+                "batches, or raise max_items.",
+            )
+        incidents = build_incidents(items, labels, visible_headers(raw_headers, config.hidden_headers), config)
         if not incidents:
             return JSONResponse([])
         try:
-            created = await create_incidents(incidents)
+            results = await batcher.submit(delivery_units(incidents, items, headers, config))
         except Exception as error:
             log_error(f"Generic Webhook: createIncidents failed, answered 503 so the sender retries: {error}")
             return error_response(
@@ -637,17 +1412,25 @@ def create_app(
                 "The incidents could not be created; nothing was stored. Retry later.",
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
+        created: list[dict[str, Any]] = []
+        for result in results:
+            created.extend(result.incidents)
+            if result.duplicate:
+                metrics.duplicates += 1
+            else:
+                metrics.incidents_created += len(result.incidents)
         return JSONResponse(created)
 
     return app
 
 
-class AccessLogMiddleware:
-    """Writes one access-log line per request, with the user agent, without blocking the event loop."""
+class RequestMonitor:
+    """Writes one access-log line per request, with the user agent, and feeds the status and latency metrics."""
 
-    def __init__(self, app: Any, write: Callable[[str], None]) -> None:
+    def __init__(self, app: Any, write: Callable[[str], None], metrics: Metrics) -> None:
         self.app = app
         self.write = write
+        self.metrics = metrics
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -664,12 +1447,15 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
+            elapsed = time.monotonic() - started
+            self.metrics.observe(status[0], elapsed)
             client = scope.get("client") or ("-", 0)
-            agent = (header_value(scope["headers"], b"user-agent") or b"-").decode("latin-1")
-            self.write(
-                f'{client[0]}:{client[1]} - "{scope["method"]} {scope["path"]} HTTP/{scope.get("http_version", "1.1")}" '
-                f'{status[0]} {(time.monotonic() - started) * 1000:.1f}ms "{agent}"'
-            )
+            agent = "-"
+            for key, value in scope["headers"]:
+                if key == b"user-agent":
+                    agent = value.decode("latin-1")
+            request_line = f"{scope['method']} {scope['path']} HTTP/{scope.get('http_version', '1.1')}"
+            self.write(f'{client[0]}:{client[1]} - "{request_line}" {status[0]} {elapsed * 1000:.1f}ms "{agent}"')
 
 
 class DemistoLogHandler(logging.Handler):
@@ -708,7 +1494,7 @@ def bind_listen_socket(port: int) -> socket.socket:
     return sock
 
 
-def make_webhook_app(config: WebhookConfig, executor: ThreadPoolExecutor) -> AccessLogMiddleware:
+def make_webhook_app(config: WebhookConfig, executor: ThreadPoolExecutor) -> RequestMonitor:
     """Wires the app to the platform: every demisto call (incidents, context, logs) runs on `executor`."""
     integration_logger = IntegrationLogger()
     integration_logger.set_buffering(False)
@@ -724,8 +1510,9 @@ def make_webhook_app(config: WebhookConfig, executor: ThreadPoolExecutor) -> Acc
     uvicorn_logger.setLevel(logging.INFO)
     uvicorn_logger.propagate = False
 
-    batcher = IncidentBatcher(IncidentSink(config.store_samples), executor)
-    return AccessLogMiddleware(create_app(config, batcher.submit, log_error), log_info)
+    metrics = Metrics()
+    batcher = IncidentBatcher(IncidentSink(config), executor)
+    return RequestMonitor(create_app(config, batcher, metrics, log_error), log_info, metrics)
 
 
 def server_config_for(config: WebhookConfig, app: Any) -> uvicorn.Config:
@@ -739,7 +1526,8 @@ def server_config_for(config: WebhookConfig, app: Any) -> uvicorn.Config:
             access_log=False,
             ssl_certfile=cert_path or None,
             ssl_keyfile=key_path or None,
-            timeout_keep_alive=30,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         )
         server_config.load()
     finally:
@@ -770,7 +1558,7 @@ def serve(config: WebhookConfig) -> None:
 
 
 def test_module(params: dict[str, Any]) -> str:
-    """Checks the configuration (port, TLS pair, credentials) and says what is wrong."""
+    """Checks the configuration (port, TLS pair, credentials, signatures, limits, mapping) and says what is wrong."""
     WebhookConfig.from_params(params)
     return "ok"
 

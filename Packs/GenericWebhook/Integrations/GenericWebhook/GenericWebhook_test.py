@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 from GenericWebhook import (
     BAD_JSON_MESSAGE,
     DEFAULT_INCIDENT_NAME,
-    AccessLogMiddleware,
+    Metrics,
+    RequestMonitor,
     ConfigError,
     SampleBuffer,
     WebhookConfig,
@@ -347,7 +348,8 @@ def test_secrets_never_reach_samples_or_logs(executor, mocker):
         {**PORT_PARAMS, "store_samples": True, "credentials": {"identifier": "_header:X-Token", "password": "s3cr3t"}}
     )
     client = TestClient(make_webhook_app(config, executor))
-    assert client.post("/", json={"a": 1}, headers={"X-Token": "s3cr3t", "Authorization": "Basic Zm9vOmJhcg=="}).is_success
+    headers = {"X-Token": "s3cr3t", "Authorization": "Basic Zm9vOmJhcg=="}
+    assert client.post("/", json={"a": 1}, headers=headers).is_success
     executor.submit(lambda: None).result()
     assert "s3cr3t" not in json.dumps(demisto.getIntegrationContext())
     assert "Zm9vOmJhcg" not in json.dumps(demisto.getIntegrationContext())
@@ -500,7 +502,7 @@ def test_access_log_has_user_agent_and_no_credentials():
         await send({"type": "http.response.start", "status": 201, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    client = TestClient(AccessLogMiddleware(app, lines.append))
+    client = TestClient(RequestMonitor(app, lines.append, Metrics()))
     client.post("/hook", headers={"User-Agent": "curl/8.5", "Authorization": "Basic c2VjcmV0"})
     assert len(lines) == 1
     assert '"POST /hook HTTP/1.1" 201' in lines[0]
@@ -556,10 +558,10 @@ def test_test_module_checks_the_tls_pair(tmp_path):
     ca = trustme.CA()
     cert = ca.issue_cert("localhost")
     other = ca.issue_cert("other")
-    cert_pem = cert.cert_chain_pems[0].bytes().decode()
-    assert GenericWebhook.test_module({**PORT_PARAMS, "certificate": cert_pem, "key": cert.private_key_pem.bytes().decode()}) == "ok"
+    params = {**PORT_PARAMS, "certificate": cert.cert_chain_pems[0].bytes().decode()}
+    assert GenericWebhook.test_module({**params, "key": cert.private_key_pem.bytes().decode()}) == "ok"
     with pytest.raises(ConfigError, match="does not match"):
-        GenericWebhook.test_module({**PORT_PARAMS, "certificate": cert_pem, "key": other.private_key_pem.bytes().decode()})
+        GenericWebhook.test_module({**params, "key": other.private_key_pem.bytes().decode()})
 
 
 # ---------------------------------------------------------------- long-running-execution

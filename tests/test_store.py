@@ -1,0 +1,231 @@
+"""The store backends: incidents, integration context, module health and last run, shared across processes."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from xsoar_local.store import MemoryStore, SqliteStore, Store, open_store
+
+SCRIPT_ENV = Path(__file__).resolve().parents[1] / "xsoar_local" / "script_env"
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    opened = open_store(None if request.param == "memory" else tmp_path / "store.db")
+    yield opened
+    opened.close()
+
+
+def run_script_env(code: str, store_path: Path, instance: str) -> dict:
+    """Run `code` in a separate Python process with the script environment on the given store; return its JSON."""
+    env = {
+        **os.environ,
+        "XSOAR_LOCAL_STORE": str(store_path),
+        "DEMISTO_INSTANCE_NAME": instance,
+        "PYTHONPATH": str(SCRIPT_ENV),
+    }
+    completed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    return json.loads(completed.stdout)
+
+
+def test_open_store_picks_backend(tmp_path: Path) -> None:
+    """
+    Given: no path, then a path
+    When: opening the store
+    Then: the in-memory store, then a SQLite store whose file exists
+    """
+    assert isinstance(open_store(None), MemoryStore)
+    sqlite_store = open_store(tmp_path / "sub" / "store.db")
+    assert isinstance(sqlite_store, SqliteStore)
+    assert (tmp_path / "sub" / "store.db").exists()
+    sqlite_store.close()
+
+
+def test_create_incidents_stores_ids_created_instance_and_all_fields(store: Store) -> None:
+    """
+    Given: two incidents with every incident field, and one with only a name
+    When: creating them for an instance
+    Then: each gets an increasing string id, an ISO UTC created time and the instance, keeps every field given,
+          and gets the defaults for type, severity and occurred
+    """
+    full = {
+        "name": "Full",
+        "type": "Phishing",
+        "severity": 0.5,
+        "occurred": "2024-05-01T10:00:00Z",
+        "rawJSON": json.dumps({"a": 1}),
+        "details": "some details",
+        "labels": [{"type": "source", "value": "webhook"}],
+        "customFields": {"team": "red"},
+        "dbotMirrorId": "m-1",
+    }
+    created = store.create_incidents("inst-a", [full, {"name": "Bare"}])
+
+    assert [item["id"] for item in created] == ["1", "2"]
+    assert created[0] == {**full, "id": "1", "created": created[0]["created"], "instance": "inst-a"}
+    assert created[0]["created"].endswith("Z")
+    bare = created[1]
+    assert (bare["type"], bare["severity"], bare["occurred"]) == ("Unclassified", 0, bare["created"])
+    assert store.get_incident("1") == created[0]
+    assert store.get_incident(2) == created[1]
+    assert store.get_incident("404") is None
+
+
+def test_list_and_count_incidents(store: Store) -> None:
+    """
+    Given: incidents created for two instances
+    When: listing and counting them with filters
+    Then: newest first, filtered by instance, limited, and filtered by creation time
+    """
+    store.create_incidents("a", [{"name": "a1"}, {"name": "a2"}])
+    store.create_incidents("b", [{"name": "b1"}])
+
+    assert [item["name"] for item in store.list_incidents()] == ["b1", "a2", "a1"]
+    assert [item["name"] for item in store.list_incidents(instance="a")] == ["a2", "a1"]
+    assert [item["name"] for item in store.list_incidents(limit=1)] == ["b1"]
+    assert len(store.list_incidents(limit=None)) == 3
+    assert len(store.list_incidents(since="2000-01-01T00:00:00Z")) == 3
+    assert store.list_incidents(since="2999-01-01T00:00:00") == []
+    assert (store.count_incidents(), store.count_incidents("a"), store.count_incidents("c")) == (3, 2, 0)
+
+
+def test_integration_context_versions(store: Store) -> None:
+    """
+    Given: an instance without integration context
+    When: setting it with and without versions
+    Then: the version grows by one per write, and a write with a stale version raises ValueError and changes nothing
+    """
+    assert store.get_integration_context("a") == ({}, 0)
+    assert store.set_integration_context("a", {"k": "v1"}) == 1
+    assert store.set_integration_context("a", {"k": "v2"}, version=1) == 2
+
+    with pytest.raises(ValueError):
+        store.set_integration_context("a", {"k": "stale"}, version=1)
+
+    assert store.get_integration_context("a") == ({"k": "v2"}, 2)
+    assert store.get_integration_context("b") == ({}, 0)
+
+
+def test_module_health_and_last_run(store: Store) -> None:
+    """
+    Given: an instance
+    When: setting module health and last run
+    Then: they read back per instance
+    """
+    assert store.get_module_health("a") is None
+    store.set_module_health("a", "listen port 8000 is already in use", is_error=True)
+    health = store.get_module_health("a")
+    assert health is not None
+    assert (health["message"], health["is_error"]) == ("listen port 8000 is already in use", True)
+    assert health["updated"].endswith("Z")
+
+    assert store.get_last_run("a") == {}
+    store.set_last_run("a", {"time": "t1"})
+    assert store.get_last_run("a") == {"time": "t1"}
+    assert store.get_last_run("b") == {}
+
+
+def test_concurrent_threads_get_unique_ids(store: Store) -> None:
+    """
+    Given: eight threads sharing one store
+    When: each creates 25 batches of 4 incidents at once
+    Then: all 800 incidents get distinct ids 1..800
+    """
+
+    def create() -> None:
+        for _ in range(25):
+            store.create_incidents("a", [{"name": str(i)} for i in range(4)])
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    ids = [int(item["id"]) for item in store.list_incidents(limit=None)]
+    assert sorted(ids) == list(range(1, 801))
+
+
+def test_sqlite_store_uses_wal(tmp_path: Path) -> None:
+    """
+    Given: a new SQLite store
+    When: inspecting the file
+    Then: it is in WAL mode, so readers in other processes do not block the writer
+    """
+    SqliteStore(tmp_path / "store.db").close()
+    with sqlite3.connect(tmp_path / "store.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_second_process_shares_the_sqlite_store(tmp_path: Path) -> None:
+    """
+    Given: a SQLite store where this process created an incident and set integration context
+    When: another process opens the same file through the script environment and writes its own
+    Then: it sees this process's data, and this process sees what it wrote, without reopening the store
+    """
+    path = tmp_path / "store.db"
+    store = SqliteStore(path)
+    store.create_incidents("webhook", [{"name": "from parent"}])
+    store.set_integration_context("webhook", {"sample_events": "[]"})
+
+    seen = run_script_env(
+        """
+        import json
+        import demistomock as demisto
+        store = demisto.get_store()
+        seen = {
+            "names": [item["name"] for item in store.list_incidents(instance=demisto.integrationInstance())],
+            "context": demisto.getIntegrationContextVersioned(),
+        }
+        demisto.createIncidents([{"name": "from child"}])
+        demisto.setIntegrationContextVersioned({"sample_events": "[1]"}, version=seen["context"]["version"])
+        demisto.updateModuleHealth("running")
+        print(json.dumps(seen))
+        """,
+        path,
+        "webhook",
+    )
+
+    assert seen == {"names": ["from parent"], "context": {"context": {"sample_events": "[]"}, "version": 1}}
+    assert [item["name"] for item in store.list_incidents()] == ["from child", "from parent"]
+    assert store.list_incidents()[0]["id"] == "2"
+    assert store.get_integration_context("webhook") == ({"sample_events": "[1]"}, 2)
+    assert (store.get_module_health("webhook") or {})["message"] == "running"
+    store.close()
+
+
+def test_processes_writing_at_once_get_unique_ids(tmp_path: Path) -> None:
+    """
+    Given: a SQLite store file
+    When: three processes each create 50 batches of 2 incidents at the same time
+    Then: all 300 incidents are stored with distinct ids
+    """
+    path = tmp_path / "store.db"
+    SqliteStore(path).close()
+    code = """
+        import json
+        import demistomock as demisto
+        for _ in range(50):
+            demisto.createIncidents([{"name": "x"}, {"name": "y"}])
+        print(json.dumps({}))
+    """
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for future in [pool.submit(run_script_env, code, path, f"i{n}") for n in range(3)]:
+            future.result()
+
+    store = SqliteStore(path)
+    ids = [int(item["id"]) for item in store.list_incidents(limit=None)]
+    assert sorted(ids) == list(range(1, 301))
+    assert store.count_incidents("i0") == 100
+    store.close()

@@ -1,0 +1,1 @@
+# Intentionally empty: the platform's per-tenant user code goes here.

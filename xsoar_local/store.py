@@ -1,0 +1,332 @@
+"""Per-instance platform state: incidents, integration context, module health and last run.
+
+Two backends behind one API: `MemoryStore` for unit tests and `SqliteStore` for the platform, where the
+integration process and the platform process share one file (see docs/script-env-contract.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+DEFAULT_INCIDENT_TYPE = "Unclassified"
+BUSY_TIMEOUT_MS = 30_000
+
+Incident = dict[str, Any]
+
+
+class Store(Protocol):
+    def create_incidents(self, instance: str, incidents: list[Incident]) -> list[Incident]: ...
+    def list_incidents(
+        self, *, instance: str | None = None, since: str | None = None, limit: int | None = 50
+    ) -> list[Incident]: ...
+    def get_incident(self, incident_id: str | int) -> Incident | None: ...
+    def count_incidents(self, instance: str | None = None) -> int: ...
+    def get_integration_context(self, instance: str) -> tuple[dict[str, Any], int]: ...
+    def set_integration_context(self, instance: str, context: dict[str, Any], version: int = -1) -> int: ...
+    def set_module_health(self, instance: str, message: str, is_error: bool = False) -> None: ...
+    def get_module_health(self, instance: str) -> dict[str, Any] | None: ...
+    def get_last_run(self, instance: str) -> dict[str, Any]: ...
+    def set_last_run(self, instance: str, obj: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+def open_store(path: str | os.PathLike[str] | None) -> Store:
+    """The in-memory store for `None`, else the SQLite store file at `path`."""
+    return MemoryStore() if path is None else SqliteStore(path)
+
+
+def utc_now() -> str:
+    return _iso(datetime.now(UTC))
+
+
+def _iso(moment: datetime) -> str:
+    # One fixed format, so that `created` values compare correctly as strings.
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _normalize_since(since: str) -> str:
+    moment = datetime.fromisoformat(since)
+    return _iso(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+
+
+def _copy(value: Any) -> Any:
+    """A deep, JSON-shaped copy: both backends hand out what a round trip to the server would."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _stored_incident(incident: Incident, incident_id: int, instance: str, created: str) -> Incident:
+    stored = _copy(incident)
+    stored.update(id=str(incident_id), created=created, instance=instance)
+    stored["type"] = stored.get("type") or DEFAULT_INCIDENT_TYPE
+    stored["severity"] = stored.get("severity") or 0
+    stored["occurred"] = stored.get("occurred") or created
+    return stored
+
+
+def _check_version(instance: str, version: int, stored: int) -> None:
+    if version != -1 and version != stored:
+        raise ValueError(
+            f"Integration context of instance {instance!r} was changed: version {version} given, {stored} stored"
+        )
+
+
+class MemoryStore:
+    """Everything in dicts behind one lock; the default for unit tests."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._incidents: list[Incident] = []
+        self._contexts: dict[str, tuple[dict[str, Any], int]] = {}
+        self._health: dict[str, dict[str, Any]] = {}
+        self._last_runs: dict[str, dict[str, Any]] = {}
+
+    def create_incidents(self, instance: str, incidents: list[Incident]) -> list[Incident]:
+        created = utc_now()
+        with self._lock:
+            first_id = len(self._incidents) + 1
+            stored = [_stored_incident(item, first_id + i, instance, created) for i, item in enumerate(incidents)]
+            self._incidents.extend(stored)
+        return _copy(stored)
+
+    def list_incidents(
+        self, *, instance: str | None = None, since: str | None = None, limit: int | None = 50
+    ) -> list[Incident]:
+        since = _normalize_since(since) if since else None
+        with self._lock:
+            found = [
+                item
+                for item in reversed(self._incidents)
+                if (instance is None or item["instance"] == instance) and (since is None or item["created"] >= since)
+            ]
+        return _copy(found if limit is None else found[:limit])
+
+    def get_incident(self, incident_id: str | int) -> Incident | None:
+        with self._lock:
+            found = next((item for item in self._incidents if item["id"] == str(incident_id)), None)
+        return _copy(found)
+
+    def count_incidents(self, instance: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for item in self._incidents if instance is None or item["instance"] == instance)
+
+    def get_integration_context(self, instance: str) -> tuple[dict[str, Any], int]:
+        with self._lock:
+            context, version = self._contexts.get(instance, ({}, 0))
+        return _copy(context), version
+
+    def set_integration_context(self, instance: str, context: dict[str, Any], version: int = -1) -> int:
+        with self._lock:
+            stored = self._contexts.get(instance, ({}, 0))[1]
+            _check_version(instance, version, stored)
+            self._contexts[instance] = (_copy(context), stored + 1)
+        return stored + 1
+
+    def set_module_health(self, instance: str, message: str, is_error: bool = False) -> None:
+        with self._lock:
+            self._health[instance] = {"message": message, "is_error": is_error, "updated": utc_now()}
+
+    def get_module_health(self, instance: str) -> dict[str, Any] | None:
+        with self._lock:
+            return _copy(self._health.get(instance))
+
+    def get_last_run(self, instance: str) -> dict[str, Any]:
+        with self._lock:
+            return _copy(self._last_runs.get(instance, {}))
+
+    def set_last_run(self, instance: str, obj: dict[str, Any]) -> None:
+        with self._lock:
+            self._last_runs[instance] = _copy(obj)
+
+    def close(self) -> None:
+        pass
+
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS incidents (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance TEXT NOT NULL,
+        created TEXT NOT NULL,
+        name TEXT,
+        type TEXT,
+        severity REAL,
+        occurred TEXT,
+        data TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS incidents_instance ON incidents (instance, id)",
+    "CREATE INDEX IF NOT EXISTS incidents_created ON incidents (created)",
+    "CREATE INDEX IF NOT EXISTS incidents_name ON incidents (name)",
+    "CREATE INDEX IF NOT EXISTS incidents_type ON incidents (type)",
+    "CREATE INDEX IF NOT EXISTS incidents_severity ON incidents (severity)",
+    "CREATE INDEX IF NOT EXISTS incidents_occurred ON incidents (occurred)",
+    """CREATE TABLE IF NOT EXISTS integration_context (
+        instance TEXT PRIMARY KEY,
+        context TEXT NOT NULL,
+        version INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS module_health (
+        instance TEXT PRIMARY KEY,
+        message TEXT NOT NULL,
+        is_error INTEGER NOT NULL,
+        updated TEXT NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS last_run (instance TEXT PRIMARY KEY, data TEXT NOT NULL)",
+)
+
+
+class SqliteStore:
+    """A SQLite file in WAL mode; one connection per thread, writes in `BEGIN IMMEDIATE` transactions.
+
+    Connections run in autocommit mode, so every read sees what other threads and processes have committed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        with self._write() as conn:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def create_incidents(self, instance: str, incidents: list[Incident]) -> list[Incident]:
+        created = utc_now()
+        with self._write() as conn:
+            # Ids are taken inside the write lock, so they can go into each row's JSON before the insert.
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'incidents'").fetchone()
+            first_id = (row[0] if row else 0) + 1
+            stored = [_stored_incident(item, first_id + i, instance, created) for i, item in enumerate(incidents)]
+            conn.executemany(
+                "INSERT INTO incidents (id, instance, created, name, type, severity, occurred, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        int(item["id"]),
+                        instance,
+                        created,
+                        None if item.get("name") is None else str(item["name"]),
+                        str(item["type"]),
+                        item["severity"],
+                        str(item["occurred"]),
+                        json.dumps(item),
+                    )
+                    for item in stored
+                ],
+            )
+        return stored
+
+    def list_incidents(
+        self, *, instance: str | None = None, since: str | None = None, limit: int | None = 50
+    ) -> list[Incident]:
+        where, values = ["1 = 1"], []
+        if instance is not None:
+            where.append("instance = ?")
+            values.append(instance)
+        if since:
+            where.append("created >= ?")
+            values.append(_normalize_since(since))
+        rows = self._connection().execute(
+            f"SELECT data FROM incidents WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            [*values, -1 if limit is None else limit],
+        )
+        return [json.loads(data) for (data,) in rows]
+
+    def get_incident(self, incident_id: str | int) -> Incident | None:
+        try:
+            key = int(incident_id)
+        except ValueError:
+            return None
+        row = self._connection().execute("SELECT data FROM incidents WHERE id = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def count_incidents(self, instance: str | None = None) -> int:
+        conn = self._connection()
+        if instance is None:
+            return int(conn.execute("SELECT count(*) FROM incidents").fetchone()[0])
+        return int(conn.execute("SELECT count(*) FROM incidents WHERE instance = ?", (instance,)).fetchone()[0])
+
+    def get_integration_context(self, instance: str) -> tuple[dict[str, Any], int]:
+        row = (
+            self._connection()
+            .execute("SELECT context, version FROM integration_context WHERE instance = ?", (instance,))
+            .fetchone()
+        )
+        return (json.loads(row[0]), int(row[1])) if row else ({}, 0)
+
+    def set_integration_context(self, instance: str, context: dict[str, Any], version: int = -1) -> int:
+        with self._write() as conn:
+            row = conn.execute("SELECT version FROM integration_context WHERE instance = ?", (instance,)).fetchone()
+            stored = int(row[0]) if row else 0
+            _check_version(instance, version, stored)
+            conn.execute(
+                "INSERT INTO integration_context (instance, context, version) VALUES (?, ?, ?)"
+                " ON CONFLICT (instance) DO UPDATE SET context = excluded.context, version = excluded.version",
+                (instance, json.dumps(context, default=str), stored + 1),
+            )
+        return stored + 1
+
+    def set_module_health(self, instance: str, message: str, is_error: bool = False) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO module_health (instance, message, is_error, updated) VALUES (?, ?, ?, ?)",
+                (instance, message, int(is_error), utc_now()),
+            )
+
+    def get_module_health(self, instance: str) -> dict[str, Any] | None:
+        row = (
+            self._connection()
+            .execute("SELECT message, is_error, updated FROM module_health WHERE instance = ?", (instance,))
+            .fetchone()
+        )
+        return {"message": row[0], "is_error": bool(row[1]), "updated": row[2]} if row else None
+
+    def get_last_run(self, instance: str) -> dict[str, Any]:
+        row = self._connection().execute("SELECT data FROM last_run WHERE instance = ?", (instance,)).fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def set_last_run(self, instance: str, obj: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO last_run (instance, data) VALUES (?, ?)",
+                (instance, json.dumps(obj, default=str)),
+            )
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
