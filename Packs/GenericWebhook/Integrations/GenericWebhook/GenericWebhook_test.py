@@ -1,9 +1,14 @@
 import asyncio
 import base64
+import gzip
+import hashlib
+import hmac
 import json
+import re
 import socket
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -648,3 +653,598 @@ def test_long_running_serves_and_stops(mocker):
     health = demisto.get_store().get_module_health(demisto.integrationInstance())
     assert health["message"] == f"Listening on port {port} (HTTP)."
     assert health["is_error"] is False
+
+
+# ================================================================ intake beyond the original (signatures ...)
+
+GITHUB_SECRET = "It's a Secret to Everybody"
+GITHUB_VECTOR = "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+
+
+def sign(secret: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
+    return hmac.new(secret, message, getattr(hashlib, algorithm)).digest()
+
+
+def test_github_documented_test_vector(make_client, mocker):
+    """
+    Given the GitHub scheme with GitHub's documented secret
+    When GitHub's documented body `Hello, World!` arrives with the documented signature
+    Then it is accepted (as text/plain, kept under `text`), and verify_signature agrees with the vector.
+    """
+    create = mocker.spy(demisto, "createIncidents")
+    client = make_client(signature_scheme="GitHub", signature_secret=GITHUB_SECRET)
+    headers = {"X-Hub-Signature-256": f"sha256={GITHUB_VECTOR}", "Content-Type": "text/plain"}
+    response = client.post("/", content=b"Hello, World!", headers=headers)
+    assert response.status_code == 200
+    assert raw_json_of(create.call_args.args[0][0])["text"] == "Hello, World!"
+    assert sign(GITHUB_SECRET.encode(), b"Hello, World!").hex() == GITHUB_VECTOR
+
+
+def now_s() -> str:
+    return str(int(time.time()))
+
+
+def slack_headers(secret: bytes, body: bytes, timestamp: str) -> dict[str, str]:
+    signature = sign(secret, b"v0:" + timestamp.encode() + b":" + body).hex()
+    return {"X-Slack-Signature": f"v0={signature}", "X-Slack-Request-Timestamp": timestamp}
+
+
+def stripe_headers(secret: bytes, body: bytes, timestamp: str, extra_v1: str = "") -> dict[str, str]:
+    signature = sign(secret, timestamp.encode() + b"." + body).hex()
+    v1s = f"v1={extra_v1}," if extra_v1 else ""
+    return {"Stripe-Signature": f"t={timestamp},{v1s}v1={signature},v0=ignored"}
+
+
+WHSEC_KEY = b"standard-webhooks-key-32-bytes!!"
+WHSEC = "whsec_" + base64.b64encode(WHSEC_KEY).decode()
+
+
+def standard_headers(key: bytes, body: bytes, timestamp: str, msg_id: str = "msg_1", rotate: bool = False) -> dict:
+    signature = base64.b64encode(sign(key, f"{msg_id}.{timestamp}.".encode() + body)).decode()
+    old = base64.b64encode(sign(b"old-key", b"x")).decode()
+    value = f"v1,{old} v1,{signature}" if rotate else f"v1,{signature}"
+    return {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": value}
+
+
+BODY = b'{"name": "signed event"}'
+STALE = str(int(time.time()) - 3600)
+
+
+@pytest.mark.parametrize(
+    ("params", "good_headers", "bad_cases"),
+    [
+        (
+            {"signature_scheme": "Slack", "signature_secret": "slack-secret"},
+            lambda: slack_headers(b"slack-secret", BODY, now_s()),
+            [
+                (lambda: slack_headers(b"slack-secret", BODY, STALE), "signature_stale"),
+                (lambda: slack_headers(b"wrong", BODY, now_s()), "signature_mismatch"),
+                (lambda: {"X-Slack-Request-Timestamp": now_s()}, "signature_missing"),
+                (
+                    lambda: {**slack_headers(b"slack-secret", BODY, now_s()), "X-Slack-Signature": "abc"},
+                    "signature_malformed",
+                ),
+                (
+                    lambda: {**slack_headers(b"slack-secret", BODY, now_s()), "X-Slack-Request-Timestamp": "soon"},
+                    "signature_malformed",
+                ),
+            ],
+        ),
+        (
+            {"signature_scheme": "Stripe", "signature_secret": "whsec_stripe"},
+            lambda: stripe_headers(b"whsec_stripe", BODY, now_s(), extra_v1="00" * 32),
+            [
+                (lambda: stripe_headers(b"whsec_stripe", BODY, STALE), "signature_stale"),
+                (lambda: stripe_headers(b"wrong", BODY, now_s()), "signature_mismatch"),
+                (lambda: {}, "signature_missing"),
+                (lambda: {"Stripe-Signature": "garbage"}, "signature_malformed"),
+                (lambda: {"Stripe-Signature": f"t={now_s()},v1=zz"}, "signature_malformed"),
+            ],
+        ),
+        (
+            {"signature_scheme": "Standard Webhooks", "signature_secret": WHSEC},
+            lambda: standard_headers(WHSEC_KEY, BODY, now_s(), rotate=True),
+            [
+                (lambda: standard_headers(WHSEC_KEY, BODY, STALE), "signature_stale"),
+                (lambda: standard_headers(b"wrong-key", BODY, now_s()), "signature_mismatch"),
+                (lambda: {"webhook-id": "m", "webhook-timestamp": now_s()}, "signature_missing"),
+                (
+                    lambda: {**standard_headers(WHSEC_KEY, BODY, now_s()), "webhook-signature": "v2,abc"},
+                    "signature_malformed",
+                ),
+                (
+                    lambda: {**standard_headers(WHSEC_KEY, BODY, now_s()), "webhook-signature": "v1,***"},
+                    "signature_malformed",
+                ),
+            ],
+        ),
+        (
+            {"signature_scheme": "GitHub", "signature_secret": GITHUB_SECRET},
+            lambda: {"X-Hub-Signature-256": "sha256=" + sign(GITHUB_SECRET.encode(), BODY).hex()},
+            [
+                (lambda: {"X-Hub-Signature-256": "sha256=" + sign(b"wrong", BODY).hex()}, "signature_mismatch"),
+                (lambda: {}, "signature_missing"),
+                (lambda: {"X-Hub-Signature-256": sign(GITHUB_SECRET.encode(), BODY).hex()}, "signature_malformed"),
+                (lambda: {"X-Hub-Signature-256": "sha256=not-hex"}, "signature_malformed"),
+            ],
+        ),
+        (
+            {
+                "signature_scheme": "Generic HMAC",
+                "signature_secret": "generic",
+                "signature_header": "X-Signature",
+                "signature_algorithm": "sha512",
+                "signature_encoding": "base64",
+                "signature_prefix": "sha512=",
+            },
+            lambda: {"X-Signature": "sha512=" + base64.b64encode(sign(b"generic", BODY, "sha512")).decode()},
+            [
+                (
+                    lambda: {"X-Signature": "sha512=" + base64.b64encode(sign(b"x", BODY, "sha512")).decode()},
+                    "signature_mismatch",
+                ),
+                (lambda: {}, "signature_missing"),
+                (
+                    lambda: {"X-Signature": base64.b64encode(sign(b"generic", BODY, "sha512")).decode()},
+                    "signature_malformed",
+                ),
+                (lambda: {"X-Signature": "sha512=@@@"}, "signature_malformed"),
+            ],
+        ),
+    ],
+    ids=["slack", "stripe", "standard-webhooks", "github", "generic-hmac"],
+)
+def test_signature_schemes(make_client, mocker, params, good_headers, bad_cases):
+    """
+    Given a signature scheme and its secret
+    When a correctly signed request arrives, and requests with a stale timestamp, a wrong secret, a missing
+         header or a malformed header
+    Then the signed one creates an incident and each bad one gets 401 with the reason, creating nothing and
+         never echoing the expected signature.
+    """
+    client = make_client(**params)
+    assert client.post("/", content=BODY, headers=good_headers()).status_code == 200
+    create = mocker.spy(demisto, "createIncidents")
+    for headers, reason in bad_cases:
+        response = client.post("/", content=BODY, headers=headers())
+        assert response.status_code == 401, (reason, response.text)
+        assert response.json()["error"] == reason
+        assert "expected" not in response.json()["detail"].lower()
+    assert create.call_count == 0
+
+
+def test_signature_covers_the_exact_bytes(make_client):
+    """
+    Given the GitHub scheme
+    When the body is re-serialized differently from what was signed (one space added)
+    Then the signature no longer matches.
+    """
+    client = make_client(signature_scheme="GitHub", signature_secret="s")
+    signature = "sha256=" + sign(b"s", b'{"a":1}').hex()
+    assert client.post("/", content=b'{"a":1}', headers={"X-Hub-Signature-256": signature}).status_code == 200
+    assert client.post("/", content=b'{"a": 1}', headers={"X-Hub-Signature-256": signature}).status_code == 401
+
+
+def test_signature_and_basic_auth_together(make_client):
+    """
+    Given Basic auth and the GitHub scheme both configured
+    When a request is signed but not authenticated, or authenticated but not signed
+    Then both are refused; only a request passing both checks is accepted.
+    """
+    client = make_client(
+        credentials={"identifier": "u", "password": "p"}, signature_scheme="GitHub", signature_secret="s"
+    )
+    signed = {"X-Hub-Signature-256": "sha256=" + sign(b"s", BODY).hex()}
+    assert client.post("/", content=BODY, headers=signed).json()["error"] == "unauthorized"
+    assert client.post("/", content=BODY, headers={"Authorization": basic("u", "p")}).json()["error"] == (
+        "signature_missing"
+    )
+    assert client.post("/", content=BODY, headers={**signed, "Authorization": basic("u", "p")}).status_code == 200
+
+
+# ---------------------------------------------------------------- duplicates
+
+
+def test_repeated_delivery_by_header_creates_one_incident_across_a_restart(executor, mocker):
+    """
+    Given dedup_key header:X-GitHub-Delivery
+    When a delivery arrives, is repeated, then the instance restarts (a new app on the same integration
+         context) and the delivery is repeated again
+    Then one incident exists, and each repeat answers 200 with the incidents created the first time.
+    """
+    params = {**PORT_PARAMS, "dedup_key": "header:X-GitHub-Delivery"}
+    create = mocker.spy(demisto, "createIncidents")
+    headers = {"X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958"}
+    first = TestClient(make_webhook_app(WebhookConfig.from_params(params), executor))
+    created = first.post("/", json=[{"name": "a"}, {"name": "b"}], headers=headers).json()
+    repeat = first.post("/", json=[{"name": "a"}, {"name": "b"}], headers=headers)
+    restarted = TestClient(make_webhook_app(WebhookConfig.from_params(params), executor))
+    after_restart = restarted.post("/", json=[{"name": "a"}, {"name": "b"}], headers=headers)
+    other = restarted.post("/", json={"name": "c"}, headers={"X-GitHub-Delivery": "another"})
+
+    assert create.call_count == 2
+    assert [incident["id"] for incident in repeat.json()] == [incident["id"] for incident in created]
+    assert after_restart.status_code == 200
+    assert [incident["id"] for incident in after_restart.json()] == [incident["id"] for incident in created]
+    assert other.json()[0]["name"] == "c"
+    assert len(demisto.get_store().list_incidents()) == 3
+
+
+def test_dedup_by_body_path_per_event_and_within_one_batch(make_client, mocker):
+    """
+    Given dedup_key event.id (a body path)
+    When one array holds two events with the same id and one without, then a later request repeats the id
+    Then the id creates one incident, the event without an id is always created, and the repeat creates nothing.
+    """
+    create = mocker.spy(demisto, "createIncidents")
+    client = make_client(dedup_key="event.id")
+    body = [{"name": "x", "event": {"id": 7}}, {"name": "x again", "event": {"id": 7}}, {"name": "no id"}]
+    first = client.post("/", json=body).json()
+    assert len(create.call_args.args[0]) == 2  # the repeat inside the batch is not sent
+    assert [incident["name"] for incident in first] == ["x", "x", "no id"]
+    assert first[0]["id"] == first[1]["id"]
+    second = client.post("/", json={"name": "late", "event": {"id": 7}}).json()
+    assert second[0]["id"] == first[0]["id"]
+    assert create.call_count == 1
+
+
+def test_dedup_window_expires(executor, mocker):
+    """
+    Given dedup_window of 60 s
+    When the same delivery comes again after 61 s
+    Then it is created again.
+    """
+    config = WebhookConfig.from_params({**PORT_PARAMS, "dedup_key": "header:webhook-id", "dedup_window": "60"})
+    clock = [1000.0]
+    sink = GenericWebhook.IncidentSink(config, clock=lambda: clock[0])
+    unit = lambda: [GenericWebhook.Unit([{"name": "n"}], "h:1")]  # noqa: E731
+    assert not sink(unit())[0].duplicate
+    clock[0] += 30
+    assert sink(unit())[0].duplicate
+    clock[0] += 61
+    assert not sink(unit())[0].duplicate
+
+
+def test_seen_keys_are_bounded():
+    """
+    Given a bound of 3 seen keys
+    When 5 keys are recorded
+    Then only the newest 3 remain.
+    """
+    seen = GenericWebhook.SeenDeliveries({}, window=1000, max_keys=3)
+    for number in range(5):
+        seen.record(f"k{number}", [{"id": str(number)}], now=float(number))
+    seen.expire(now=5.0)
+    assert list(seen.entries) == ["k2", "k3", "k4"]
+
+
+# ---------------------------------------------------------------- limits, encodings, formats
+
+
+def test_body_over_the_limit_gets_413_with_and_without_content_length(make_client, mocker):
+    """
+    Given max_body_mb 1
+    When a 2 MiB body arrives with Content-Length, and streamed without it
+    Then both get 413 payload_too_large and nothing is created.
+    """
+    create = mocker.spy(demisto, "createIncidents")
+    client = make_client(max_body_mb="1")
+    big = b'{"a": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    response = client.post("/", content=big)
+    assert response.status_code == 413
+    assert response.json()["error"] == "payload_too_large"
+
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 65536
+
+    streamed = client.post("/", content=chunks())
+    assert streamed.status_code == 413
+    assert create.call_count == 0
+
+
+def test_gzip_and_deflate_bodies(make_client, mocker):
+    """
+    Given gzip, zlib-deflate and raw-deflate bodies
+    When they are POSTed with the matching Content-Encoding
+    Then each creates its incident; an unknown encoding gets 415 and broken gzip gets 400.
+    """
+    create = mocker.spy(demisto, "createIncidents")
+    client = make_client()
+    body = json.dumps({"name": "compressed"}).encode()
+    raw_deflate = zlib.compressobj(wbits=-15)
+    for encoded, encoding in [
+        (gzip.compress(body), "gzip"),
+        (zlib.compress(body), "deflate"),
+        (raw_deflate.compress(body) + raw_deflate.flush(), "deflate"),
+    ]:
+        response = client.post("/", content=encoded, headers={"Content-Encoding": encoding})
+        assert response.status_code == 200, encoding
+    assert [call.args[0][0]["name"] for call in create.call_args_list] == ["compressed"] * 3
+    unsupported = client.post("/", content=body, headers={"Content-Encoding": "br"})
+    assert unsupported.status_code == 415
+    assert unsupported.json()["error"] == "unsupported_encoding"
+    broken = client.post("/", content=gzip.compress(body)[:-8] + b"garbage!", headers={"Content-Encoding": "gzip"})
+    assert broken.status_code == 400
+    truncated = client.post("/", content=gzip.compress(body)[:15], headers={"Content-Encoding": "gzip"})
+    assert truncated.status_code == 400
+
+
+def test_gzip_bomb_is_refused_without_inflating_it(make_client):
+    """
+    Given max_body_mb 1
+    When a 100 KB gzip body that inflates to 100 MiB arrives
+    Then it gets 413 for the decompressed body.
+    """
+    bomb = gzip.compress(b"\0" * (100 * 1024 * 1024), compresslevel=9)
+    response = make_client(max_body_mb="1").post("/", content=bomb, headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 413
+    assert "decompressed" in response.json()["detail"]
+
+
+def test_ndjson_of_1000_lines_is_one_create_call(make_client, mocker):
+    """
+    Given an NDJSON body of 1,000 lines
+    When it is POSTed as application/x-ndjson
+    Then 1,000 incidents are created in one createIncidents call.
+    """
+    create = mocker.spy(demisto, "createIncidents")
+    body = "\n".join(json.dumps({"name": f"line {n}"}) for n in range(1, 1001)) + "\n"
+    response = make_client().post("/", content=body, headers={"Content-Type": "application/x-ndjson"})
+    assert response.status_code == 200
+    assert create.call_count == 1
+    assert len(create.call_args.args[0]) == 1000
+    assert len(response.json()) == 1000
+
+
+@pytest.mark.parametrize("bad_line", ['{"name": "broken"', "[1, 2]", '{"severity": "extreme"}'])
+def test_ndjson_bad_line_57_rejects_everything(make_client, mocker, bad_line):
+    """
+    Given a 100-line NDJSON body whose line 57 is broken JSON, not an object, or has a bad field
+    When it is POSTed as application/jsonl
+    Then the answer is 400 naming line 57 and nothing is created.
+    """
+    create = mocker.spy(demisto, "createIncidents")
+    lines = [json.dumps({"name": f"line {n}"}) for n in range(1, 101)]
+    lines[56] = bad_line
+    response = make_client().post("/", content="\n".join(lines), headers={"Content-Type": "application/jsonl"})
+    assert response.status_code == 400
+    assert "Line 57" in response.json()["detail"]
+    assert create.call_count == 0
+
+
+def test_max_items(make_client, mocker):
+    """
+    Given max_items 10
+    When an array of 11 events arrives
+    Then it gets 413 too_many_items and nothing is created.
+    """
+    create = mocker.spy(demisto, "createIncidents")
+    response = make_client(max_items="10").post("/", json=[{"n": n} for n in range(11)])
+    assert response.status_code == 413
+    assert response.json()["error"] == "too_many_items"
+    assert create.call_count == 0
+
+
+def test_form_and_text_bodies(make_client, mocker):
+    """
+    Given a form-urlencoded body with a JSON-valued field and a repeated field, and text/plain bodies
+    When they are POSTed
+    Then the form fields become the raw event (JSON parsed, repeats as a list), plain text is kept under
+         `text`, and a JSON body sent as text/plain is still parsed as JSON.
+    """
+    create = mocker.spy(demisto, "createIncidents")
+    client = make_client()
+    form = "name=Form+alert&payload=%7B%22type%22%3A%22block_actions%22%7D&tag=a&tag=b"
+    client.post("/", content=form, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    incident = create.call_args.args[0][0]
+    raw = raw_json_of(incident)
+    assert incident["name"] == "Form alert"
+    assert raw["payload"] == {"type": "block_actions"}
+    assert raw["tag"] == ["a", "b"]
+    client.post("/", content="disk almost full", headers={"Content-Type": "text/plain; charset=utf-8"})
+    assert raw_json_of(create.call_args.args[0][0])["text"] == "disk almost full"
+    client.post("/", content='{"name": "json as text"}', headers={"Content-Type": "text/plain"})
+    assert create.call_args.args[0][0]["name"] == "json as text"
+
+
+# ---------------------------------------------------------------- field mapping
+
+
+def test_field_mapping_paths(make_client, mocker):
+    """
+    Given paths for name, type, occurred, severity (with a value map) and details
+    When a sender's own event shape arrives
+    Then the incident takes its fields from those paths; a missing path falls back to the defaults.
+    """
+    create = mocker.spy(demisto, "createIncidents")
+    client = make_client(
+        name_path="alert.title",
+        type_path="alert.kind",
+        occurred_path="alerts[0].at",
+        severity_path="alert.level",
+        severity_map="low=1,medium=2,high=3,critical=4,sev-p1=4",
+        details_path="alert.description",
+    )
+    event = {
+        "alert": {"title": "Beaconing", "kind": "Network", "level": "SEV-P1", "description": "C2 traffic"},
+        "alerts": [{"at": "2024-05-01T10:00:00Z"}],
+    }
+    client.post("/", json=[event, {"alert": {"level": "2"}}])
+    mapped, fallback = create.call_args.args[0]
+    assert (mapped["name"], mapped["type"], mapped["occurred"]) == ("Beaconing", "Network", "2024-05-01T10:00:00Z")
+    assert (mapped["severity"], mapped["details"]) == (4, "C2 traffic")
+    assert fallback["name"] == DEFAULT_INCIDENT_NAME
+    assert fallback["severity"] == 2
+    assert "type" not in fallback
+
+
+def test_field_mapping_reads_the_raw_event():
+    """
+    Given a name path and an item carrying rawJson
+    When the incident is built
+    Then the path is resolved inside rawJson.
+    """
+    config = WebhookConfig.from_params({**PORT_PARAMS, "name_path": "data.0.title"})
+    incident = GenericWebhook.build_incident({"rawJson": {"data": [{"title": "inside"}]}}, {}, config)
+    assert incident["name"] == "inside"
+
+
+# ---------------------------------------------------------------- backpressure, failure, health, metrics
+
+
+def test_rate_limit_per_client_gets_429_with_retry_after(make_client):
+    """
+    Given rate_limit_per_minute 3
+    When one client sends 4 requests within a minute
+    Then the 4th gets 429 rate_limited with Retry-After.
+    """
+    client = make_client(rate_limit_per_minute="3")
+    statuses = [client.post("/", json={}).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    response = client.post("/", json={})
+    assert response.json()["error"] == "rate_limited"
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+
+
+def test_in_flight_cap_gets_503_with_retry_after(executor, mocker):
+    """
+    Given max_in_flight 2 and a slow createIncidents
+    When 5 requests arrive at once
+    Then 2 are served and 3 get 503 overloaded with Retry-After.
+    """
+    real_create = demisto.createIncidents
+    mocker.patch.object(demisto, "createIncidents", side_effect=lambda i, *a, **k: (time.sleep(0.3), real_create(i))[1])
+    app = make_webhook_app(WebhookConfig.from_params({**PORT_PARAMS, "max_in_flight": "2"}), executor)
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://webhook") as client:
+            return await asyncio.gather(*(client.post("/", json={"n": n}) for n in range(5)))
+
+    responses = asyncio.run(send_all())
+    assert sorted(response.status_code for response in responses) == [200, 200, 503, 503, 503]
+    for response in responses:
+        if response.status_code == 503:
+            assert response.json()["error"] == "overloaded"
+            assert response.headers["Retry-After"] == "1"
+
+
+def test_health_turns_503_when_creation_fails_and_back(make_client, mocker):
+    """
+    Given a serving instance
+    When createIncidents fails, and later succeeds again
+    Then /health (no auth needed) answers 200, then 503 with Retry-After, then 200 again.
+    """
+    client = make_client(credentials={"identifier": "u", "password": "hunter2-secret"})
+    auth = {"Authorization": basic("u", "hunter2-secret")}
+    assert client.get("/health").json() == {"status": "ok"}
+    failing = mocker.patch.object(demisto, "createIncidents", side_effect=ValueError("down"))
+    assert client.post("/", json={}, headers=auth).status_code == 503
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.headers["Retry-After"]
+    assert "hunter2" not in health.text
+    failing.side_effect = None
+    failing.return_value = [{"id": "1"}]
+    assert client.post("/", json={}, headers=auth).status_code == 200
+    assert client.get("/health").status_code == 200
+
+
+def test_metrics_parse_and_match_what_was_sent(make_client):
+    """
+    Given metrics_enabled with Basic auth and dedup on a header
+    When 2 good requests (3 incidents), 1 duplicate, 2 auth failures, 1 bad body are sent
+    Then /metrics needs auth, parses with the Prometheus text parser, and its counters match.
+    """
+    parser = pytest.importorskip("prometheus_client.parser")
+    client = make_client(
+        metrics_enabled=True, credentials={"identifier": "u", "password": "p"}, dedup_key="header:X-Id"
+    )
+    auth = {"Authorization": basic("u", "p")}
+    sent_bytes = 0
+    for body, extra in [([{"a": 1}, {"a": 2}], {"X-Id": "1"}), ({"a": 3}, {"X-Id": "2"}), ({"a": 3}, {"X-Id": "2"})]:
+        content = json.dumps(body).encode()
+        sent_bytes += len(content)
+        assert client.post("/", content=content, headers={**auth, **extra}).status_code == 200
+    client.post("/", json={}, headers={"Authorization": basic("u", "x")})
+    client.post("/", json={})
+    client.post("/", content=b"{bad", headers=auth)
+    sent_bytes += 4
+    assert client.get("/metrics").status_code == 401
+    text = client.get("/metrics", headers=auth).text
+
+    values = {}
+    for family in parser.text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert values[("generic_webhook_requests_total", (("status", "200"),))] == 3
+    assert values[("generic_webhook_requests_total", (("status", "401"),))] == 3  # incl. the anonymous /metrics
+    assert values[("generic_webhook_requests_total", (("status", "400"),))] == 1
+    assert values[("generic_webhook_incidents_created_total", ())] == 3
+    assert values[("generic_webhook_duplicates_total", ())] == 1
+    assert values[("generic_webhook_auth_failures_total", ())] == 3
+    assert values[("generic_webhook_received_bytes_total", ())] == sent_bytes
+    assert values[("generic_webhook_request_duration_seconds_count", ())] == 7
+    assert values[("generic_webhook_request_duration_seconds_bucket", (("le", "+Inf"),))] == 7
+
+
+def test_metrics_off_by_default(make_client):
+    """
+    Given metrics_enabled off
+    When /metrics is requested
+    Then it is 404 naming the param.
+    """
+    response = make_client().get("/metrics")
+    assert response.status_code == 404
+    assert "metrics_enabled" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("params", "message_part"),
+    [
+        ({"signature_scheme": "Bitbucket"}, "signature_scheme `Bitbucket` is unknown"),
+        ({"signature_scheme": "GitHub"}, "needs a signature_secret"),
+        ({"signature_secret": "s"}, "signature_scheme is None"),
+        ({"signature_scheme": "Generic HMAC", "signature_secret": "s"}, "signature_header is required"),
+        (
+            {
+                "signature_scheme": "Generic HMAC",
+                "signature_secret": "s",
+                "signature_header": "X-S",
+                "signature_algorithm": "md5",
+            },
+            "signature_algorithm `md5`",
+        ),
+        (
+            {
+                "signature_scheme": "Generic HMAC",
+                "signature_secret": "s",
+                "signature_header": "X-S",
+                "signature_encoding": "base32",
+            },
+            "signature_encoding `base32`",
+        ),
+        ({"signature_scheme": "Standard Webhooks", "signature_secret": "whsec_***"}, "must be base64"),
+        ({"signature_scheme": "Slack", "signature_secret": "s", "timestamp_tolerance": "0"}, "timestamp_tolerance"),
+        ({"dedup_key": "header:"}, "does not name a header"),
+        ({"dedup_key": "a..b"}, "dedup_key `a..b`"),
+        ({"dedup_key": "id", "dedup_window": "-5"}, "dedup_window"),
+        ({"max_body_mb": "0"}, "max_body_mb"),
+        ({"max_body_mb": "lots"}, "max_body_mb"),
+        ({"max_items": "1.5"}, "max_items"),
+        ({"max_in_flight": "0"}, "max_in_flight"),
+        ({"rate_limit_per_minute": "-1"}, "rate_limit_per_minute"),
+        ({"metrics_enabled": "maybe"}, "metrics_enabled"),
+        ({"name_path": "a."}, "name_path"),
+        ({"severity_map": "low=1,high"}, "severity_map entry `high`"),
+        ({"severity_map": "low=9"}, "severity_map entry `low=9`"),
+    ],
+)
+def test_test_module_rejects_bad_intake_params(params, message_part):
+    """
+    Given a bad value or combination of the intake params
+    When test-module runs
+    Then it fails with a message naming the param.
+    """
+    with pytest.raises(ConfigError, match=re.escape(message_part)):
+        GenericWebhook.test_module({**PORT_PARAMS, **params})
