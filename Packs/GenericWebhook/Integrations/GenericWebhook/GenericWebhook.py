@@ -43,6 +43,7 @@ RETRY_AFTER_SECONDS = 5
 OVERLOAD_RETRY_AFTER_SECONDS = 1
 KEEP_ALIVE_SECONDS = 5
 MAX_HEADER_BYTES = 64 * 1024
+INFLATE_STEP_BYTES = 256 * 1024
 DEFAULT_BIND_HOST = "0.0.0.0"  # the platform reaches the container on its listen port from outside
 BIND_HOST_ENV = "GENERIC_WEBHOOK_BIND_HOST"
 TEXT_KEY = "text"  # where a text/plain body goes in the raw event
@@ -589,18 +590,27 @@ def decode_content(body: bytes, content_encoding: str, config: WebhookConfig) ->
             f"Content-Encoding `{content_encoding[:40]}` is not supported: send gzip, deflate or no encoding.",
         )
     inflater = zlib.decompressobj(wbits)
+    pieces: list[bytes] = []
+    size = 0
+    pending = body
     try:
-        inflated = inflater.decompress(body, config.max_body_bytes + 1)
-        if len(inflated) > config.max_body_bytes or inflater.unconsumed_tail:
-            raise too_large(config, "decompressed body")
-        inflated += inflater.flush()
+        while True:  # small steps: a bomb is refused after at most max_body_bytes of output, never more
+            piece = inflater.decompress(pending, INFLATE_STEP_BYTES)
+            size += len(piece)
+            if size > config.max_body_bytes:
+                raise too_large(config, "decompressed body")
+            pieces.append(piece)
+            pending = inflater.unconsumed_tail
+            if not pending and len(piece) < INFLATE_STEP_BYTES:
+                break
+        pieces.append(inflater.flush())
     except zlib.error:
         raise RequestError(400, "invalid_encoding", f"The body is not valid {encoding} data.") from None
     if not inflater.eof:
         raise RequestError(400, "invalid_encoding", f"The {encoding} body is truncated.")
-    if len(inflated) > config.max_body_bytes:
+    if size + len(pieces[-1]) > config.max_body_bytes:
         raise too_large(config, "decompressed body")
-    return inflated
+    return b"".join(pieces)
 
 
 def _decode_text(body: bytes) -> str:

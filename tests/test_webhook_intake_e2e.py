@@ -1,0 +1,148 @@
+"""End-to-end checks of the intake limits and duplicate protection on a real instance process."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import LOOPBACK, Instance, Launcher
+
+MIB = 1024 * 1024
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set size (VmHWM) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def post_raw(port: int, head: bytes, body_chunks, *, timeout: float = 30) -> tuple[int, bytes]:
+    """Sends a request over a raw socket, stops sending as soon as the server answers or closes,
+    and returns the status code and response body."""
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+        sock.sendall(head)
+        sock.setblocking(False)
+        received = b""
+        for chunk in body_chunks:
+            try:
+                received += sock.recv(65536)
+            except BlockingIOError:
+                pass
+            if received:
+                break
+            try:
+                sock.setblocking(True)
+                sock.sendall(chunk)
+                sock.setblocking(False)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        sock.setblocking(True)
+        sock.settimeout(timeout)
+        while b"\r\n\r\n" not in received or len(received) < received.find(b"\r\n\r\n") + 4 + _length(received):
+            try:
+                data = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not data:
+                break
+            received += data
+    head_end = received.find(b"\r\n\r\n")
+    status = int(received.split(b" ", 2)[1])
+    return status, received[head_end + 4 :]
+
+
+def _length(received: bytes) -> int:
+    for line in received.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 0
+
+
+def serving(launch: Launcher, **params) -> Instance:
+    instance = launch(params)
+    with httpx.Client() as client:
+        instance.wait_serving(client)
+    return instance
+
+
+def test_oversized_bodies_get_413_with_bounded_memory(launch: Launcher):
+    """
+    Given an instance with the default 10 MiB body limit
+    When a 100 MiB body is announced with Content-Length, a 100 MiB body is streamed chunked (no
+         Content-Length), and a gzip body that inflates to 1 GiB is sent
+    Then each gets 413 with a JSON reason, and the process's peak memory grows by less than 20 MiB.
+    """
+    instance = serving(launch)
+    baseline = peak_rss(instance.process.pid)
+    chunk = b"x" * MIB
+
+    announced = (
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {100 * MIB}\r\n\r\n".encode()
+    )
+    status, body = post_raw(instance.port, announced, (chunk for _ in range(100)))
+    assert status == 413
+    assert json.loads(body)["error"] == "payload_too_large"
+
+    chunked_head = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    status, body = post_raw(instance.port, chunked_head, (framed for _ in range(100)))
+    assert status == 413
+    assert json.loads(body)["error"] == "payload_too_large"
+
+    bomb = gzip.compress(b"\0" * (1024 * MIB), compresslevel=9)
+    assert len(bomb) < 2 * MIB
+    with httpx.Client() as client:
+        response = client.post(instance.base_url, content=bomb, headers={"Content-Encoding": "gzip"}, timeout=30)
+    assert response.status_code == 413
+    assert "decompressed" in response.json()["detail"]
+
+    growth = peak_rss(instance.process.pid) - baseline
+    print(f"peak RSS growth: {growth / MIB:.1f} MiB")
+    assert growth < 20 * MIB, f"peak RSS grew by {growth / MIB:.1f} MiB"
+    assert instance.store.count_incidents() == 0
+
+
+def test_repeated_delivery_creates_one_incident_across_a_restart(launch: Launcher):
+    """
+    Given an instance with dedup_key header:webhook-id
+    When a delivery arrives, the instance process is stopped and started again, and the delivery is repeated
+    Then the store holds one incident, and the repeat answers 200 with the incident created the first time.
+    """
+    params = {"dedup_key": "header:webhook-id", "dedup_window": "3600"}
+    first = serving(launch, **params)
+    headers = {"webhook-id": "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"}
+    with httpx.Client() as client:
+        created = client.post(first.base_url, json={"name": "delivered once"}, headers=headers).json()
+    first.stop()
+
+    second = serving(launch, **{**params, "longRunningPort": first.params["longRunningPort"]})
+    with httpx.Client() as client:
+        repeat = client.post(second.base_url, json={"name": "delivered once"}, headers=headers)
+    assert repeat.status_code == 200
+    assert [incident["id"] for incident in repeat.json()] == [incident["id"] for incident in created]
+    assert second.store.count_incidents() == 1
+
+
+@pytest.mark.parametrize("lines", [1000])
+def test_ndjson_batch_through_a_real_process(launch: Launcher, lines: int):
+    """
+    Given a running instance
+    When an NDJSON body of 1,000 lines arrives gzip-compressed
+    Then 1,000 incidents are stored and returned.
+    """
+    instance = serving(launch)
+    body = "\n".join(json.dumps({"name": f"event {n}"}) for n in range(lines)).encode()
+    headers = {"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"}
+    with httpx.Client() as client:
+        response = client.post(instance.base_url, content=gzip.compress(body), headers=headers, timeout=30)
+    assert response.status_code == 200
+    assert len(response.json()) == lines
+    assert instance.store.count_incidents() == lines
