@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import socket
@@ -31,10 +32,8 @@ def post_raw(port: int, head: bytes, body_chunks, *, timeout: float = 30) -> tup
         sock.setblocking(False)
         received = b""
         for chunk in body_chunks:
-            try:
+            with contextlib.suppress(BlockingIOError):
                 received += sock.recv(65536)
-            except BlockingIOError:
-                pass
             if received:
                 break
             try:
