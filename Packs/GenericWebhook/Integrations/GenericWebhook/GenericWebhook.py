@@ -7,6 +7,7 @@ import binascii
 import errno
 import hashlib
 import hmac
+import ipaddress
 import logging
 import math
 import socket
@@ -38,6 +39,8 @@ MAX_SAMPLES = 20
 MAX_SAMPLES_BYTES = 1024 * 1024
 MAX_DEDUP_KEYS = 10_000
 MAX_BATCH_INCIDENTS = 1000
+BATCH_MAX_WAIT_MS = 2
+BODY_IDLE_TIMEOUT_SECONDS = 30
 RESTART_DELAY_SECONDS = 5
 RETRY_AFTER_SECONDS = 5
 OVERLOAD_RETRY_AFTER_SECONDS = 1
@@ -142,6 +145,10 @@ class WebhookConfig:
     max_items: int = 10_000
     max_in_flight: int = 1000
     rate_limit_per_minute: int = 0
+    batch_max_incidents: int = MAX_BATCH_INCIDENTS
+    batch_max_wait_ms: float = BATCH_MAX_WAIT_MS
+    ca_certificate: str = ""
+    allowed_networks: tuple = ()
     metrics_enabled: bool = False
     mapping: FieldMapping = field(default_factory=FieldMapping)
 
@@ -179,6 +186,15 @@ class WebhookConfig:
             tls_problem = check_tls_pair(certificate, private_key)
             if tls_problem:
                 problems.append(tls_problem)
+        ca_certificate = _secret_text(params.get("ca_certificate"))
+        if ca_certificate:
+            if not certificate:
+                problems.append(
+                    "ca_certificate (mutual TLS) needs HTTPS: set the Certificate and Private Key too, or clear it."
+                )
+            ca_problem = check_ca_certificate(ca_certificate)
+            if ca_problem:
+                problems.append(ca_problem)
 
         signature = _parse_signature(params, problems)
         dedup_header, dedup_path = _parse_dedup_key(params.get("dedup_key"), problems)
@@ -200,6 +216,14 @@ class WebhookConfig:
             max_items=int(_number_param(params, "max_items", 10_000, problems, minimum=1)),
             max_in_flight=int(_number_param(params, "max_in_flight", 1000, problems, minimum=1)),
             rate_limit_per_minute=int(_number_param(params, "rate_limit_per_minute", 0, problems, minimum=0)),
+            batch_max_incidents=int(
+                _number_param(params, "batch_max_incidents", MAX_BATCH_INCIDENTS, problems, minimum=1)
+            ),
+            batch_max_wait_ms=_number_param(
+                params, "batch_max_wait_ms", BATCH_MAX_WAIT_MS, problems, minimum=0, integer=False
+            ),
+            ca_certificate=ca_certificate,
+            allowed_networks=_parse_networks(params.get("allowed_cidrs"), problems),
             metrics_enabled=_bool_param(params, "metrics_enabled", problems),
             mapping=_parse_mapping(params, problems),
         )
@@ -372,6 +396,21 @@ def _is_header_token(name: str) -> bool:
     return all(c in _TOKEN_CHARS for c in name)
 
 
+def _parse_networks(value: Any, problems: list[str]) -> tuple:
+    networks = []
+    for entry in str(value or "").replace("\n", ",").split(","):
+        if not entry.strip():
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            problems.append(
+                f"allowed_cidrs entry `{entry.strip()}` is not an address or CIDR such as 203.0.113.0/24 "
+                "or 2001:db8::/32."
+            )
+    return tuple(networks)
+
+
 def write_private_file(content: str, suffix: str) -> str:
     """Writes content to a new temp file readable only by this user (mkstemp creates it 0600)."""
     fd, path = tempfile.mkstemp(suffix=suffix)
@@ -396,6 +435,18 @@ def check_tls_pair(certificate: str, private_key: str) -> str:
     finally:
         os.remove(cert_path)
         os.remove(key_path)
+    return ""
+
+
+def check_ca_certificate(ca_certificate: str) -> str:
+    """Returns '' when the CA certificate(s) load, else what is wrong."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_verify_locations(cadata=ca_certificate)
+    except (ssl.SSLError, ValueError) as error:
+        return (
+            f"ca_certificate could not be loaded ({error}): paste the PEM text of the CA that signs client "
+            "certificates."
+        )
     return ""
 
 
@@ -644,14 +695,14 @@ def parse_events(body: bytes, content_type: str) -> tuple[list[dict[str, Any]], 
     if media_type == FORM_TYPE:
         return [_parse_form(text)], [""]
     if media_type == TEXT_TYPE:
-        stripped = text.lstrip()
-        if not stripped.startswith(("{", "[")):
+        if not text.lstrip().startswith(("{", "[")):
             return [{TEXT_KEY: text}], [""]
         try:
-            json.loads(text)
-        except (ValueError, RecursionError):
+            payload = _load_json(text)
+        except RequestError:
             return [{TEXT_KEY: text}], [""]
-    payload = _load_json(text)
+    else:
+        payload = _load_json(text)
     if isinstance(payload, dict):
         return [payload], [""]
     if isinstance(payload, list):
@@ -1146,10 +1197,12 @@ class IncidentBatcher:
         sink: Callable[[list[Unit]], list[UnitResult]],
         executor: ThreadPoolExecutor,
         max_batch: int = MAX_BATCH_INCIDENTS,
+        max_wait_ms: float = 0,
     ) -> None:
         self._sink = sink
         self._executor = executor
         self._max_batch = max_batch
+        self._max_wait = max_wait_ms / 1000
         self._waiting: list[tuple[list[Unit], asyncio.Future]] = []
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task | None = None
@@ -1171,6 +1224,15 @@ class IncidentBatcher:
         while True:
             await wakeup.wait()
             wakeup.clear()
+            if self._max_wait and self._waiting_incidents() < self._max_batch:
+                # let a few more requests join the batch: one round trip to the server for all of them
+                deadline = loop.time() + self._max_wait
+                while self._waiting_incidents() < self._max_batch and loop.time() < deadline:
+                    try:
+                        await asyncio.wait_for(wakeup.wait(), deadline - loop.time())
+                    except asyncio.TimeoutError:
+                        break
+                    wakeup.clear()
             while self._waiting:
                 batch = self._take_batch()
                 units = [unit for request_units, _ in batch for unit in request_units]
@@ -1188,6 +1250,9 @@ class IncidentBatcher:
                     if not future.done():
                         future.set_result(results[position : position + len(request_units)])
                     position += len(request_units)
+
+    def _waiting_incidents(self) -> int:
+        return sum(len(unit.incidents) for units, _ in self._waiting for unit in units)
 
     def _take_batch(self) -> list[tuple[list[Unit], asyncio.Future]]:
         count = 0
@@ -1335,12 +1400,51 @@ async def read_body(request: Request, config: WebhookConfig) -> bytes:
         raise too_large(config, "body")
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    while True:
+        try:  # a client that stops sending mid-body is cut off instead of holding its request open forever
+            chunk = await asyncio.wait_for(stream.__anext__(), BODY_IDLE_TIMEOUT_SECONDS)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise RequestError(
+                408, "request_timeout", f"No body data for {BODY_IDLE_TIMEOUT_SECONDS} s: send the whole body."
+            ) from None
         size += len(chunk)
         if size > config.max_body_bytes:
             raise too_large(config, "body")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def client_address(scope: dict) -> str:
+    """The caller's address: the socket peer, or the last X-Forwarded-For hop when the peer is the platform's
+    reroute (a loopback address: the server forwards to the listen port from the same host)."""
+    peer = (scope.get("client") or ("",))[0]
+    try:
+        from_reroute = ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        return peer
+    if from_reroute:
+        for key, value in scope["headers"]:
+            if key == b"x-forwarded-for":
+                forwarded = value.decode("latin-1").rsplit(",", 1)[-1].strip()
+                try:
+                    return str(ipaddress.ip_address(forwarded))
+                except ValueError:
+                    return peer
+    return peer
+
+
+def check_allowed(config: WebhookConfig, address: str) -> None:
+    if not config.allowed_networks:
+        return
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        ip = None
+    if ip is None or not any(ip in network for network in config.allowed_networks):
+        raise RequestError(403, "forbidden", f"Address {address} is not in allowed_cidrs.")
 
 
 def create_app(
@@ -1371,6 +1475,7 @@ def create_app(
         if not config.metrics_enabled:
             return error_response(404, "not_found", "Metrics are off: turn on metrics_enabled to serve them.")
         try:
+            check_allowed(config, client_address(request.scope))
             authenticate(config, dict(request.scope["headers"]))
         except RequestError as error:
             metrics.count_error(error)
@@ -1379,9 +1484,10 @@ def create_app(
 
     @app.post("/{path:path}")
     async def handle_webhook(request: Request) -> Response:
-        client = request.scope.get("client") or ("-", 0)
+        address = client_address(request.scope)
         try:
-            admission.enter(client[0])
+            check_allowed(config, address)
+            admission.enter(address)
         except RequestError as error:
             return error_response(error.status, error.error, error.detail, error.headers)
         try:
@@ -1521,7 +1627,7 @@ def make_webhook_app(config: WebhookConfig, executor: ThreadPoolExecutor) -> Req
     uvicorn_logger.propagate = False
 
     metrics = Metrics()
-    batcher = IncidentBatcher(IncidentSink(config), executor)
+    batcher = IncidentBatcher(IncidentSink(config), executor, config.batch_max_incidents, config.batch_max_wait_ms)
     return RequestMonitor(create_app(config, batcher, metrics, log_error), log_info, metrics)
 
 
@@ -1546,6 +1652,9 @@ def server_config_for(config: WebhookConfig, app: Any) -> uvicorn.Config:
                 os.remove(path)
     if server_config.ssl is not None:
         server_config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        if config.ca_certificate:  # mutual TLS: only clients with a certificate signed by this CA get in
+            server_config.ssl.load_verify_locations(cadata=config.ca_certificate)
+            server_config.ssl.verify_mode = ssl.CERT_REQUIRED
     return server_config
 
 
