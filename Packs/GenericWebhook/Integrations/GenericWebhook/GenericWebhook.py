@@ -692,15 +692,19 @@ def parse_events(body: bytes, content_type: str) -> tuple[list[dict[str, Any]], 
     text = _decode_text(body)
     if media_type in NDJSON_TYPES:
         return _parse_ndjson(text)
-    if media_type == FORM_TYPE:
-        return [_parse_form(text)], [""]
-    if media_type == TEXT_TYPE:
-        if not text.lstrip().startswith(("{", "[")):
-            return [{TEXT_KEY: text}], [""]
-        try:
-            payload = _load_json(text)
-        except RequestError:
-            return [{TEXT_KEY: text}], [""]
+    if media_type in (FORM_TYPE, TEXT_TYPE):
+        # `curl -d '{...}'` sends JSON labelled as a form, and some senders label JSON text/plain: a body that
+        # parses as JSON is taken as JSON, as the original did for every Content-Type.
+        # A form body starting with { or [ must then be valid JSON; plain text that is not JSON stays text.
+        payload = None
+        if text.lstrip().startswith(("{", "[")):
+            try:
+                payload = _load_json(text)
+            except RequestError:
+                if media_type == FORM_TYPE:
+                    raise
+        if payload is None:
+            return [_parse_form(text) if media_type == FORM_TYPE else {TEXT_KEY: text}], [""]
     else:
         payload = _load_json(text)
     if isinstance(payload, dict):

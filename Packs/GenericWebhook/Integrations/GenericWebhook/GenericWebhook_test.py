@@ -1046,6 +1046,25 @@ def test_form_and_text_bodies(make_client, mocker):
     assert raw_json_of(create.call_args.args[0][0])["text"] == "disk almost full"
     client.post("/", content='{"name": "json as text"}', headers={"Content-Type": "text/plain"})
     assert create.call_args.args[0][0]["name"] == "json as text"
+    client.post("/", content="{not json", headers={"Content-Type": "text/plain"})
+    assert raw_json_of(create.call_args.args[0][0])["text"] == "{not json"
+
+
+def test_curl_default_form_label_on_json_is_parsed_as_json(make_client, mocker):
+    """
+    Given `curl -d '{...}'`, which labels a JSON body application/x-www-form-urlencoded
+    When it is POSTed
+    Then the body is parsed as JSON (as the original did), and broken JSON gets the JSON error.
+    """
+    create = mocker.spy(demisto, "createIncidents")
+    client = make_client()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert client.post("/", content='[{"name": "curl json"}]', headers=form).status_code == 200
+    assert create.call_args.args[0][0]["name"] == "curl json"
+    assert raw_json_of(create.call_args.args[0][0]) == {"name": "curl json", "headers": mocker.ANY}
+    broken = client.post("/", content='{"name": "curl', headers=form)
+    assert broken.status_code == 400
+    assert broken.json()["detail"] == BAD_JSON_MESSAGE
 
 
 # ---------------------------------------------------------------- field mapping
