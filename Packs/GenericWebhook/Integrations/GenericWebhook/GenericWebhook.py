@@ -39,8 +39,9 @@ MAX_SAMPLES = 20
 MAX_SAMPLES_BYTES = 1024 * 1024
 MAX_DEDUP_KEYS = 10_000
 MAX_BATCH_INCIDENTS = 1000
-BATCH_MAX_WAIT_MS = 2
+BATCH_MAX_WAIT_MS = 0  # natural batching: a batch leaves as soon as the worker is free
 BODY_IDLE_TIMEOUT_SECONDS = 30
+CONTEXT_WRITE_INTERVAL_SECONDS = 1.0
 RESTART_DELAY_SECONDS = 5
 RETRY_AFTER_SECONDS = 5
 OVERLOAD_RETRY_AFTER_SECONDS = 1
@@ -1117,13 +1118,17 @@ class UnitResult:
 
 class IncidentSink:
     """What one batch does on the worker thread: drop repeats, create the rest in one createIncidents call,
-    then store samples and seen keys in one integration-context write."""
+    then remember samples and seen keys. Those are written to the integration context in one write, at most
+    once per CONTEXT_WRITE_INTERVAL_SECONDS (a batch never waits for more than one write) and at shutdown."""
 
     def __init__(self, config: WebhookConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
         self.samples: SampleBuffer | None = None
         self.seen: SeenDeliveries | None = None
+        self.pending_samples: list[dict[str, Any]] = []
+        self.seen_changed = False
+        self.last_write = -math.inf
 
     def __call__(self, units: list[Unit]) -> list[UnitResult]:
         if self.config.dedup_enabled or self.config.store_samples:
@@ -1168,18 +1173,28 @@ class IncidentSink:
     def _remember(
         self, units: list[Unit], results: list[UnitResult | None], created: list[dict[str, Any]], now: float
     ) -> None:
-        """The incidents exist now: a failure here is logged and must not fail the request."""
-        update: dict[str, Any] = {}
         if self.seen is not None:
-            changed = self.seen.expire(now)
+            self.seen_changed |= self.seen.expire(now)
             for unit, result in zip(units, results, strict=True):
                 if unit.key is not None and result is not None and not result.duplicate:
                     self.seen.record(unit.key, result.incidents, now)
-                    changed = True
-            if changed:
-                update[DEDUP_KEYS_KEY] = self.seen.to_context()
-        if self.samples is not None and created and self.samples.add(created):
+                    self.seen_changed = True
+        if self.samples is not None and created:
+            self.pending_samples = (self.pending_samples + created)[-self.samples.max_count :]
+        if now - self.last_write >= CONTEXT_WRITE_INTERVAL_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes what changed to the integration context. The incidents exist already: a failure here is
+        logged and does not fail any request."""
+        update: dict[str, Any] = {}
+        if self.seen is not None and self.seen_changed:
+            update[DEDUP_KEYS_KEY] = self.seen.to_context()
+        if self.samples is not None and self.pending_samples and self.samples.add(self.pending_samples):
             update[SAMPLE_EVENTS_KEY] = self.samples.samples
+        self.pending_samples = []
+        self.seen_changed = False
+        self.last_write = self.clock()
         if not update:
             return
         try:
@@ -1392,33 +1407,66 @@ class Metrics:
 
 """ HTTP APPLICATION """
 
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
 
 def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
-async def read_body(request: Request, config: WebhookConfig) -> bytes:
-    """Reads the body, refusing it with 413 as soon as it passes the limit, with or without Content-Length."""
-    length = request.headers.get("content-length", "")
+async def read_body(receive: Callable, headers: dict[bytes, bytes], config: WebhookConfig) -> bytes:
+    """Reads the body, refusing it with 413 as soon as it passes the limit, with or without Content-Length,
+    and with 408 when the client stops sending mid-body."""
+    length = headers.get(b"content-length", b"")
     if length.isdigit() and int(length) > config.max_body_bytes:
         raise too_large(config, "body")
     chunks = []
     size = 0
-    stream = request.stream()
-    while True:
-        try:  # a client that stops sending mid-body is cut off instead of holding its request open forever
-            chunk = await asyncio.wait_for(stream.__anext__(), BODY_IDLE_TIMEOUT_SECONDS)
-        except StopAsyncIteration:
-            break
+    more_body = True
+    while more_body:
+        try:
+            async with body_timeout(BODY_IDLE_TIMEOUT_SECONDS):
+                message = await receive()
         except asyncio.TimeoutError:
             raise RequestError(
                 408, "request_timeout", f"No body data for {BODY_IDLE_TIMEOUT_SECONDS} s: send the whole body."
             ) from None
+        if message["type"] == "http.disconnect":
+            raise RequestError(400, "client_disconnected", "The client went away before sending the whole body.")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > config.max_body_bytes:
             raise too_large(config, "body")
         chunks.append(chunk)
-    return b"".join(chunks)
+        more_body = message.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _TimeoutShim:
+    """asyncio.timeout for Python < 3.11: cancels the current task when the deadline passes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def expire() -> None:
+            self.expired = True
+            task.cancel()
+
+        self.handle = asyncio.get_running_loop().call_later(self.seconds, expire)
+
+    async def __aexit__(self, kind: Any, error: Any, traceback_: Any) -> bool:
+        self.handle.cancel()
+        if self.expired and kind is asyncio.CancelledError:
+            raise asyncio.TimeoutError
+        return False
+
+
+body_timeout = getattr(asyncio, "timeout", _TimeoutShim)
 
 
 def client_address(scope: dict) -> str:
@@ -1451,65 +1499,66 @@ def check_allowed(config: WebhookConfig, address: str) -> None:
         raise RequestError(403, "forbidden", f"Address {address} is not in allowed_cidrs.")
 
 
-def create_app(
-    config: WebhookConfig,
-    batcher: IncidentBatcher,
-    metrics: Metrics,
-    log_error: Callable[[str], None],
-    clock: Callable[[], float] = time.time,
-) -> FastAPI:
-    """The webhook app: admit -> auth -> read -> verify -> decode -> parse -> build -> create -> respond."""
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    admission = Admission(config.max_in_flight, config.rate_limit_per_minute)
+class WebhookIntake:
+    """The ASGI app. POSTs (events) take a lean path of plain ASGI, one way through:
+    admit -> auth -> read -> verify -> decode -> parse -> build -> create -> respond.
+    Everything else (GET /health, GET /metrics, 405s) goes to a small FastAPI app."""
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
-        word = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        detail = "Only POST is accepted: send events with POST." if error.status_code == 405 else str(error.detail)
-        return error_response(error.status_code, word, detail, getattr(error, "headers", None))
+    def __init__(
+        self,
+        config: WebhookConfig,
+        batcher: IncidentBatcher,
+        metrics: Metrics,
+        log_error: Callable[[str], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.batcher = batcher
+        self.metrics = metrics
+        self.log_error = log_error
+        self.clock = clock
+        self.admission = Admission(config.max_in_flight, config.rate_limit_per_minute)
+        self.needs_address = bool(config.allowed_networks or config.rate_limit_per_minute)
+        self.other_routes = self._other_routes()
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
-    async def health() -> Response:
-        if batcher.last_batch_failed:
-            return error_response(503, "unhealthy", "The last incidents could not be created.", {"Retry-After": "5"})
-        return JSONResponse({"status": "ok"})
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] in ("/health", "/metrics"):
+            await self.other_routes(scope, receive, send)
+            return
+        status, extra_headers, body = await self.handle(scope, receive)
+        await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS + extra_headers})
+        await send({"type": "http.response.body", "body": body})
 
-    @app.get("/metrics")
-    async def metrics_page(request: Request) -> Response:
-        if not config.metrics_enabled:
-            return error_response(404, "not_found", "Metrics are off: turn on metrics_enabled to serve them.")
+    async def handle(self, scope: dict, receive: Callable) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         try:
-            check_allowed(config, client_address(request.scope))
-            authenticate(config, dict(request.scope["headers"]))
+            address = client_address(scope) if self.needs_address else ""
+            check_allowed(self.config, address)
+            self.admission.enter(address)
         except RequestError as error:
-            metrics.count_error(error)
-            return error_response(error.status, error.error, error.detail, error.headers)
-        return Response(metrics.render(admission.in_flight), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    @app.post("/{path:path}")
-    async def handle_webhook(request: Request) -> Response:
-        address = client_address(request.scope)
+            return self._error(error)
         try:
-            check_allowed(config, address)
-            admission.enter(address)
+            created = await self.receive_events(scope, receive)
         except RequestError as error:
-            return error_response(error.status, error.error, error.detail, error.headers)
-        try:
-            return await receive(request)
-        except RequestError as error:
-            metrics.count_error(error)
-            return error_response(error.status, error.error, error.detail, error.headers)
+            self.metrics.count_error(error)
+            return self._error(error)
         finally:
-            admission.leave()
+            self.admission.leave()
+        return 200, [], json.dumps(created).encode()
 
-    async def receive(request: Request) -> Response:
-        raw_headers = request.scope["headers"]
+    @staticmethod
+    def _error(error: RequestError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        headers = [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in error.headers.items()]
+        return error.status, headers, json.dumps({"error": error.error, "detail": error.detail}).encode()
+
+    async def receive_events(self, scope: dict, receive: Callable) -> list[dict[str, Any]]:
+        config = self.config
+        raw_headers = scope["headers"]
         headers = dict(raw_headers)
         authenticate(config, headers)
-        body = await read_body(request, config)
-        metrics.bytes_received += len(body)
+        body = await read_body(receive, headers, config)
+        self.metrics.bytes_received += len(body)
         if config.signature is not None:
-            verify_signature(config.signature, headers, body, clock())
+            verify_signature(config.signature, headers, body, self.clock())
         body = decode_content(body, headers.get(b"content-encoding", b"").decode("latin-1"), config)
         items, labels = parse_events(body, headers.get(b"content-type", b"").decode("latin-1"))
         if len(items) > config.max_items:
@@ -1521,27 +1570,64 @@ def create_app(
             )
         incidents = build_incidents(items, labels, visible_headers(raw_headers, config.hidden_headers), config)
         if not incidents:
-            return JSONResponse([])
+            return []
         try:
-            results = await batcher.submit(delivery_units(incidents, items, headers, config))
+            results = await self.batcher.submit(delivery_units(incidents, items, headers, config))
         except Exception as error:
-            log_error(f"Generic Webhook: createIncidents failed, answered 503 so the sender retries: {error}")
-            return error_response(
+            self.log_error(f"Generic Webhook: createIncidents failed, answered 503 so the sender retries: {error}")
+            raise RequestError(
                 503,
                 "incident_creation_failed",
                 "The incidents could not be created; nothing was stored. Retry later.",
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
+            ) from None
         created: list[dict[str, Any]] = []
         for result in results:
             created.extend(result.incidents)
             if result.duplicate:
-                metrics.duplicates += 1
+                self.metrics.duplicates += 1
             else:
-                metrics.incidents_created += len(result.incidents)
-        return JSONResponse(created)
+                self.metrics.incidents_created += len(result.incidents)
+        return created
 
-    return app
+    def _other_routes(self) -> FastAPI:
+        config, metrics, batcher, admission = self.config, self.metrics, self.batcher, self.admission
+        app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+        @app.exception_handler(StarletteHTTPException)
+        async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+            if error.status_code == 405:
+                return error_response(405, "method_not_allowed", "Only POST is accepted: send events with POST.")
+            return error_response(error.status_code, "not_found", "Send events with POST to / or any sub-path.")
+
+        @app.api_route("/health", methods=["GET", "HEAD"])
+        async def health() -> Response:
+            if batcher.last_batch_failed:
+                return error_response(
+                    503, "unhealthy", "The last incidents could not be created.", {"Retry-After": "5"}
+                )
+            return JSONResponse({"status": "ok"})
+
+        @app.get("/metrics")
+        async def metrics_page(request: Request) -> Response:
+            if not config.metrics_enabled:
+                return error_response(404, "not_found", "Metrics are off: turn on metrics_enabled to serve them.")
+            try:
+                check_allowed(config, client_address(request.scope))
+                authenticate(config, dict(request.scope["headers"]))
+            except RequestError as error:
+                metrics.count_error(error)
+                return error_response(error.status, error.error, error.detail, error.headers)
+            body = metrics.render(admission.in_flight)
+            return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+        @app.api_route("/{path:path}", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"])
+        async def not_post() -> Response:
+            return error_response(
+                405, "method_not_allowed", "Only POST is accepted: send events with POST.", {"Allow": "POST"}
+            )
+
+        return app
 
 
 class RequestMonitor:
@@ -1551,16 +1637,19 @@ class RequestMonitor:
         self.app = app
         self.write = write
         self.metrics = metrics
+        self.log_buffer: LogBuffer | None = None
+        self.sink: IncidentSink | None = None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = [500]
+        status = 500
 
         async def send_with_status(message: dict) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status = message["status"]
             await send(message)
 
         started = time.monotonic()
@@ -1568,14 +1657,45 @@ class RequestMonitor:
             await self.app(scope, receive, send_with_status)
         finally:
             elapsed = time.monotonic() - started
-            self.metrics.observe(status[0], elapsed)
+            self.metrics.observe(status, elapsed)
             client = scope.get("client") or ("-", 0)
             agent = "-"
             for key, value in scope["headers"]:
                 if key == b"user-agent":
                     agent = value.decode("latin-1")
             request_line = f"{scope['method']} {scope['path']} HTTP/{scope.get('http_version', '1.1')}"
-            self.write(f'{client[0]}:{client[1]} - "{request_line}" {status[0]} {elapsed * 1000:.1f}ms "{agent}"')
+            self.write(f'{client[0]}:{client[1]} - "{request_line}" {status} {elapsed * 1000:.1f}ms "{agent}"')
+
+
+class LogBuffer:
+    """Collects log lines on the event loop and hands them to the demisto worker thread in batches,
+    so logging never blocks the event loop nor costs a thread hand-off per line."""
+
+    def __init__(self, executor: ThreadPoolExecutor, write: Callable[[str], Any], interval: float = 0.05) -> None:
+        self.executor = executor
+        self.write = write
+        self.interval = interval
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        if len(self.lines) > 1:
+            return  # a flush is already on its way
+        try:
+            asyncio.get_running_loop().call_later(self.interval, self._submit)
+        except RuntimeError:  # not on the event loop (start-up, shutdown): hand over now
+            self._submit()
+
+    def _submit(self) -> None:
+        try:
+            self.executor.submit(self.flush)
+        except RuntimeError:  # the executor is shutting down: write directly
+            self.flush()
+
+    def flush(self) -> None:
+        lines, self.lines = self.lines, []
+        for line in lines:
+            self.write(line)
 
 
 class DemistoLogHandler(logging.Handler):
@@ -1618,9 +1738,7 @@ def make_webhook_app(config: WebhookConfig, executor: ThreadPoolExecutor) -> Req
     """Wires the app to the platform: every demisto call (incidents, context, logs) runs on `executor`."""
     integration_logger = IntegrationLogger()
     integration_logger.set_buffering(False)
-
-    def log_info(line: str) -> None:
-        executor.submit(integration_logger.write, line)
+    log_info = LogBuffer(executor, integration_logger.write)
 
     def log_error(line: str) -> None:
         executor.submit(demisto.error, line)
@@ -1631,8 +1749,12 @@ def make_webhook_app(config: WebhookConfig, executor: ThreadPoolExecutor) -> Req
     uvicorn_logger.propagate = False
 
     metrics = Metrics()
-    batcher = IncidentBatcher(IncidentSink(config), executor, config.batch_max_incidents, config.batch_max_wait_ms)
-    return RequestMonitor(create_app(config, batcher, metrics, log_error), log_info, metrics)
+    sink = IncidentSink(config)
+    batcher = IncidentBatcher(sink, executor, config.batch_max_incidents, config.batch_max_wait_ms)
+    app = RequestMonitor(WebhookIntake(config, batcher, metrics, log_error), log_info, metrics)
+    app.log_buffer = log_info
+    app.sink = sink
+    return app
 
 
 def server_config_for(config: WebhookConfig, app: Any) -> uvicorn.Config:
@@ -1667,13 +1789,18 @@ def serve(config: WebhookConfig) -> None:
     sock = bind_listen_socket(config.port)
     # One worker thread: the platform's channel is one serial pipe, and no demisto call may block the event loop.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="demisto")
+    app = None
     try:
-        server_config = server_config_for(config, make_webhook_app(config, executor))
+        app = make_webhook_app(config, executor)
+        server_config = server_config_for(config, app)
         scheme = "HTTPS" if config.tls else "HTTP"
         executor.submit(demisto.updateModuleHealth, f"Listening on port {config.port} ({scheme}).", False)
         uvicorn.Server(server_config).run(sockets=[sock])
     finally:
         sock.close()
+        if app is not None:  # what is still buffered: access-log lines, samples and seen delivery keys
+            executor.submit(app.log_buffer.flush)  # type: ignore[union-attr]
+            executor.submit(app.sink.flush)  # type: ignore[union-attr]
         executor.shutdown(wait=True)
 
 

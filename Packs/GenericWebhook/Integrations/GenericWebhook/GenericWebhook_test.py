@@ -352,9 +352,11 @@ def test_secrets_never_reach_samples_or_logs(executor, mocker):
     config = WebhookConfig.from_params(
         {**PORT_PARAMS, "store_samples": True, "credentials": {"identifier": "_header:X-Token", "password": "s3cr3t"}}
     )
-    client = TestClient(make_webhook_app(config, executor))
+    app = make_webhook_app(config, executor)
+    client = TestClient(app)
     headers = {"X-Token": "s3cr3t", "Authorization": "Basic Zm9vOmJhcg=="}
     assert client.post("/", json={"a": 1}, headers=headers).is_success
+    app.log_buffer.flush()
     executor.submit(lambda: None).result()
     assert "s3cr3t" not in json.dumps(demisto.getIntegrationContext())
     assert "Zm9vOmJhcg" not in json.dumps(demisto.getIntegrationContext())
@@ -371,6 +373,7 @@ def test_samples_are_stored_once_per_request_without_duplicates(make_client, moc
     Then the samples are [B, C, A] (no duplicates), in the original's shape (a JSON string under
          `sample_events`), written at most once per request, and fetch-incidents returns them.
     """
+    mocker.patch.object(GenericWebhook, "CONTEXT_WRITE_INTERVAL_SECONDS", 0)
     writes = mocker.spy(demisto, "setIntegrationContextVersioned")
     client = make_client(store_samples="true")
     client.post("/", json=[{"name": "A"}, {"name": "B"}])
@@ -396,6 +399,26 @@ def test_repeated_identical_event_does_not_rewrite_the_context(make_client, mock
     writes = mocker.spy(demisto, "setIntegrationContextVersioned")
     client.post("/", json={"name": "same"}, headers={"User-Agent": "x"})
     assert writes.call_count == 0
+
+
+def test_context_writes_are_throttled_and_flushed(mocker):
+    """
+    Given samples and dedup on, and a 1 s write interval
+    When three batches arrive within the interval
+    Then the integration context is written once (first batch), and flush() writes the rest.
+    """
+    config = WebhookConfig.from_params({**PORT_PARAMS, "store_samples": True, "dedup_key": "id"})
+    clock = [100.0]
+    sink = GenericWebhook.IncidentSink(config, clock=lambda: clock[0])
+    writes = mocker.spy(demisto, "setIntegrationContextVersioned")
+    for number in range(3):
+        sink([GenericWebhook.Unit([{"name": f"e{number}"}], f"p:{number}")])
+        clock[0] += 0.1
+    assert writes.call_count == 1
+    sink.flush()
+    assert writes.call_count == 2
+    assert [sample["name"] for sample in fetch_samples()] == ["e0", "e1", "e2"]
+    assert set(json.loads(demisto.getIntegrationContext()["dedup_keys"])) == {"p:0", "p:1", "p:2"}
 
 
 def test_samples_keep_the_last_20(make_client):
