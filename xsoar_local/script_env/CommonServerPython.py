@@ -54,6 +54,12 @@ class DemistoException(Exception):
         self.res = res
 
 
+def __line__() -> int:
+    """The caller's line number; unified scripts call it in their `register_module_line` wrappers."""
+    frame = sys._getframe(1)
+    return frame.f_lineno
+
+
 def register_module_line(module_name: str, start_end: str, line: int, wrapper: int = 0) -> None:
     """Line bookkeeping the real platform does for unified scripts; nothing to do here."""
 

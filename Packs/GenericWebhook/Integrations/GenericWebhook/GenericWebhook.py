@@ -1184,6 +1184,11 @@ class IncidentSink:
         if now - self.last_write >= CONTEXT_WRITE_INTERVAL_SECONDS:
             self.flush()
 
+    @property
+    def dirty(self) -> bool:
+        """Changes wait for the next write (the batcher schedules it when no batch comes to do it)."""
+        return bool(self.pending_samples) or self.seen_changed
+
     def flush(self) -> None:
         """Writes what changed to the integration context. The incidents exist already: a failure here is
         logged and does not fail any request."""
@@ -1225,6 +1230,7 @@ class IncidentBatcher:
         self._waiting: list[tuple[list[Unit], asyncio.Future]] = []
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task | None = None
+        self._flush_timer: asyncio.TimerHandle | None = None
         self.last_batch_failed = False
 
     async def submit(self, units: list[Unit]) -> list[UnitResult]:
@@ -1264,11 +1270,24 @@ class IncidentBatcher:
                             future.set_exception(error)
                     continue
                 self.last_batch_failed = False
+                self._schedule_flush(loop)
                 position = 0
                 for request_units, future in batch:
                     if not future.done():
                         future.set_result(results[position : position + len(request_units)])
                     position += len(request_units)
+
+    def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """When a batch left changes unwritten and traffic stops, write them after the interval anyway."""
+        flush = getattr(self._sink, "flush", None)
+        if flush is None or not getattr(self._sink, "dirty", False) or self._flush_timer is not None:
+            return
+
+        def run_flush() -> None:
+            self._flush_timer = None
+            loop.run_in_executor(self._executor, flush)
+
+        self._flush_timer = loop.call_later(CONTEXT_WRITE_INTERVAL_SECONDS, run_flush)
 
     def _waiting_incidents(self) -> int:
         return sum(len(unit.incidents) for units, _ in self._waiting for unit in units)

@@ -421,6 +421,28 @@ def test_context_writes_are_throttled_and_flushed(mocker):
     assert set(json.loads(demisto.getIntegrationContext()["dedup_keys"])) == {"p:0", "p:1", "p:2"}
 
 
+def test_pending_samples_are_written_when_traffic_stops(executor, mocker):
+    """
+    Given store_samples on and a short write interval
+    When two requests arrive back to back and then nothing more
+    Then both samples are in the integration context shortly after, without another request.
+    """
+    mocker.patch.object(GenericWebhook, "CONTEXT_WRITE_INTERVAL_SECONDS", 0.2)
+    app = make_webhook_app(WebhookConfig.from_params({**PORT_PARAMS, "store_samples": True}), executor)
+
+    async def post_then_wait() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://webhook") as client:
+            await client.post("/", json={"name": "first"})
+            await client.post("/", json={"name": "second"})
+            for _ in range(100):  # bounded: 5 s
+                await asyncio.sleep(0.05)
+                if len(fetch_samples()) == 2:
+                    break
+
+    asyncio.run(post_then_wait())
+    assert [sample["name"] for sample in fetch_samples()] == ["first", "second"]
+
+
 def test_samples_keep_the_last_20(make_client):
     """
     Given store_samples on
