@@ -41,6 +41,8 @@ MAX_DEDUP_KEYS = 10_000
 MAX_BATCH_INCIDENTS = 1000
 BATCH_MAX_WAIT_MS = 0  # natural batching: a batch leaves as soon as the worker is free
 BODY_IDLE_TIMEOUT_SECONDS = 30
+BODY_TOTAL_TIMEOUT_SECONDS = 120
+HEADER_TIMEOUT_SECONDS = 10
 CONTEXT_WRITE_INTERVAL_SECONDS = 1.0
 RESTART_DELAY_SECONDS = 5
 RETRY_AFTER_SECONDS = 5
@@ -424,13 +426,17 @@ def check_tls_pair(certificate: str, private_key: str) -> str:
     """Returns '' when the certificate and key load as a TLS pair, else what is wrong and how to fix it."""
     cert_path = write_private_file(certificate, ".pem")
     key_path = write_private_file(private_key, ".key")
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path)
-    except ssl.SSLError as error:
+    if "ENCRYPTED" in private_key.split("\n", 2)[0] or "Proc-Type: 4,ENCRYPTED" in private_key:
+        os.remove(cert_path)
+        os.remove(key_path)
+        return "The Private Key is encrypted: paste the key without a passphrase (openssl pkey -in key.pem)."
+    try:  # the password callback stops OpenSSL from asking on a terminal for an encrypted key's passphrase
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path, password=lambda: b"")
+    except (ssl.SSLError, OSError) as error:
         if "KEY_VALUES_MISMATCH" in str(error) or "key values mismatch" in str(error):
             return "The Private Key does not match the Certificate: paste the key that belongs to this certificate."
         return (
-            f"The Certificate or Private Key could not be loaded ({error.reason or error}): "
+            f"The Certificate or Private Key could not be loaded ({getattr(error, 'reason', None) or error}): "
             "paste PEM text including the BEGIN/END lines."
         )
     finally:
@@ -666,8 +672,8 @@ def decode_content(body: bytes, content_encoding: str, config: WebhookConfig) ->
 
 
 def _decode_text(body: bytes) -> str:
-    try:
-        return body.decode("utf-8-sig")
+    try:  # BOM stripped by hand: no codec lookup (an import) on the request path
+        return (body[3:] if body.startswith(b"\xef\xbb\xbf") else body).decode("utf-8")
     except UnicodeDecodeError as error:
         raise RequestError(
             400, "invalid_encoding", f"The request body is not valid UTF-8 (byte {error.start}): send UTF-8."
@@ -1442,13 +1448,18 @@ async def read_body(receive: Callable, headers: dict[bytes, bytes], config: Webh
     chunks = []
     size = 0
     more_body = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BODY_TOTAL_TIMEOUT_SECONDS
     while more_body:
         try:
-            async with body_timeout(BODY_IDLE_TIMEOUT_SECONDS):
+            async with body_timeout(min(BODY_IDLE_TIMEOUT_SECONDS, max(deadline - loop.time(), 0))):
                 message = await receive()
         except asyncio.TimeoutError:
             raise RequestError(
-                408, "request_timeout", f"No body data for {BODY_IDLE_TIMEOUT_SECONDS} s: send the whole body."
+                408,
+                "request_timeout",
+                f"The body was not sent in time (a pause over {BODY_IDLE_TIMEOUT_SECONDS} s, or over "
+                f"{BODY_TOTAL_TIMEOUT_SECONDS} s in all): send the whole body promptly.",
             ) from None
         if message["type"] == "http.disconnect":
             raise RequestError(400, "client_disconnected", "The client went away before sending the whole body.")
@@ -1493,9 +1504,12 @@ def client_address(scope: dict) -> str:
     reroute (a loopback address: the server forwards to the listen port from the same host)."""
     peer = (scope.get("client") or ("",))[0]
     try:
-        from_reroute = ipaddress.ip_address(peer).is_loopback
+        peer_ip = ipaddress.ip_address(peer)
     except ValueError:
         return peer
+    peer_ip = getattr(peer_ip, "ipv4_mapped", None) or peer_ip
+    peer = str(peer_ip)
+    from_reroute = peer_ip.is_loopback
     if from_reroute:
         for key, value in scope["headers"]:
             if key == b"x-forwarded-for":
@@ -1512,9 +1526,10 @@ def check_allowed(config: WebhookConfig, address: str) -> None:
         return
     try:
         ip = ipaddress.ip_address(address)
+        ip = getattr(ip, "ipv4_mapped", None) or ip
     except ValueError:
         ip = None
-    if ip is None or not any(ip in network for network in config.allowed_networks):
+    if ip is None or not any(ip.version == network.version and ip in network for network in config.allowed_networks):
         raise RequestError(403, "forbidden", f"Address {address} is not in allowed_cidrs.")
 
 
@@ -1560,6 +1575,9 @@ class WebhookIntake:
         except RequestError as error:
             self.metrics.count_error(error)
             return self._error(error)
+        except Exception as error:  # a bug of ours: answer JSON, log the traceback, keep serving
+            self.log_error(f"Generic Webhook: unexpected error: {error}\n{traceback.format_exc()}")
+            return self._error(RequestError(500, "internal_error", "The request could not be processed."))
         finally:
             self.admission.leave()
         return 200, [], json.dumps(created).encode()
@@ -1726,7 +1744,10 @@ class DemistoLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.write(f"uvicorn {record.levelname}: {record.getMessage()}")
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+            self.write(f"uvicorn {record.levelname}: {message}")
         except Exception:
             self.handleError(record)
 
@@ -1776,6 +1797,71 @@ def make_webhook_app(config: WebhookConfig, executor: ThreadPoolExecutor) -> Req
     return app
 
 
+def guarded_http_protocol() -> Any:
+    """uvicorn's httptools protocol with two guards it lacks: the request head (request line and headers)
+    must arrive within HEADER_TIMEOUT_SECONDS and fit in MAX_HEADER_BYTES, so idle and slow-loris
+    connections are closed and endless headers are refused (431). Without httptools: h11, whose own
+    incomplete-event limit bounds the head (no head timeout there)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "h11"
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._head_bytes = 0
+            self._reading_head = True
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._arm_head_timer()
+
+        def _arm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self._head_timed_out)
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self._reading_head and not self.transport.is_closing():
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._reading_head and not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEADER_BYTES:
+                    body = json.dumps(
+                        {"error": "headers_too_large", "detail": f"The request head is over {MAX_HEADER_BYTES} bytes."}
+                    ).encode()
+                    self.transport.write(
+                        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                        b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                    )
+                    self.transport.close()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if not self._reading_head:  # the next request on a keep-alive connection
+                self._reading_head = True
+                self._head_bytes = 0
+                self._arm_head_timer()
+
+        def on_headers_complete(self) -> None:
+            self._reading_head = False
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().connection_lost(exc)
+
+    return GuardedHttpToolsProtocol
+
+
 def server_config_for(config: WebhookConfig, app: Any) -> uvicorn.Config:
     """uvicorn settings; with TLS, the certificate and key live in 0600 temp files only while the context loads."""
     cert_path = write_private_file(config.certificate, ".pem") if config.tls else ""
@@ -1785,6 +1871,7 @@ def server_config_for(config: WebhookConfig, app: Any) -> uvicorn.Config:
             app,
             log_config=None,
             access_log=False,
+            http=guarded_http_protocol(),
             ssl_certfile=cert_path or None,
             ssl_keyfile=key_path or None,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
