@@ -6,6 +6,7 @@ import contextlib
 import gzip
 import json
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -145,3 +146,42 @@ def test_ndjson_batch_through_a_real_process(launch: Launcher, lines: int):
     assert response.status_code == 200
     assert len(response.json()) == lines
     assert instance.store.count_incidents() == lines
+
+
+def test_idle_and_slow_head_connections_are_closed(launch: Launcher):
+    """
+    Given a running instance (request head deadline 10 s)
+    When 20 connections send nothing and 5 send a request head one header line every 2 s
+    Then the server closes all of them within the deadline (plus slack), and a normal request is served
+         meanwhile.
+    """
+    instance = serving(launch)
+    idle = [socket.create_connection((LOOPBACK, instance.port), timeout=20) for _ in range(20)]
+    slow = [socket.create_connection((LOOPBACK, instance.port), timeout=20) for _ in range(5)]
+    for sock in slow:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\n")
+    try:
+        with httpx.Client() as client:
+            assert client.post(instance.base_url, json={"name": "normal"}, timeout=5).status_code == 200
+        deadline = time.monotonic() + 16
+        open_socks = idle + slow
+        while open_socks and time.monotonic() < deadline:
+            still_open = []
+            for sock in open_socks:
+                sock.settimeout(0.05)
+                try:
+                    if sock in slow:
+                        sock.sendall(b"X-Slow: 1\r\n")
+                    if sock.recv(1) == b"":
+                        continue  # closed by the server
+                except (TimeoutError, BlockingIOError):
+                    pass
+                except (ConnectionResetError, BrokenPipeError):
+                    continue
+                still_open.append(sock)
+            open_socks = still_open
+            time.sleep(0.5)
+        assert not open_socks, f"{len(open_socks)} connections still open after the head deadline"
+    finally:
+        for sock in idle + slow:
+            sock.close()

@@ -1560,7 +1560,8 @@ class WebhookIntake:
             await self.other_routes(scope, receive, send)
             return
         status, extra_headers, body = await self.handle(scope, receive)
-        await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS + extra_headers})
+        headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *extra_headers]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def handle(self, scope: dict, receive: Callable) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
