@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 
 from xsoar_local.store import MemoryStore, SqliteStore, Store, open_store
 
-SCRIPT_ENV = Path(__file__).resolve().parents[1] / "xsoar_local" / "script_env"
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT_ENV = REPO / "xsoar_local" / "script_env"
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -229,3 +231,29 @@ def test_processes_writing_at_once_get_unique_ids(tmp_path: Path) -> None:
     assert sorted(ids) == list(range(1, 301))
     assert store.count_incidents("i0") == 100
     store.close()
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    """
+    Given a store file that does not exist yet
+    When three processes open it at the same moment, ten times over
+    Then every process succeeds (turning on WAL is retried when another process holds the file).
+    """
+    failures = []
+    for attempt in range(10):
+        path = tmp_path / f"store-{attempt}.db"
+        start = time.time() + 0.4
+        code = (
+            "import time; from xsoar_local.store import open_store; "
+            f"time.sleep(max(0, {start} - time.time())); s = open_store({str(path)!r}); "
+            "s.set_module_health('i', 'm'); s.close()"
+        )
+        processes = [
+            subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
+            for _ in range(3)
+        ]
+        for process in processes:
+            _, stderr = process.communicate(timeout=60)
+            if process.returncode:
+                failures.append(stderr.strip().splitlines()[-1])
+    assert failures == []

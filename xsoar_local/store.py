@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -69,6 +70,20 @@ def _stored_incident(incident: Incident, incident_id: int, instance: str, create
     stored["severity"] = stored.get("severity") or 0
     stored["occurred"] = stored.get("occurred") or created
     return stored
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """Turn on WAL. When several processes open a new store file at once, the switch can meet a lock that the
+    busy timeout does not cover (SQLite answers `database is locked` at once): retry for a bounded time."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _check_version(instance: str, version: int, stored: int) -> None:
@@ -204,7 +219,7 @@ class SqliteStore:
                 self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
             )
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             self._local.conn = conn
             with self._connections_lock:
