@@ -1,0 +1,283 @@
+"""The platform's config file: server settings, packs and instances, checked once when it is loaded.
+
+Relative paths in the file (packs, `server.data_dir`) are relative to the folder of the file, so the platform
+behaves the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xsoar_local.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "xsoar-local.yaml"
+
+# What a first run writes: serve the Generic Webhook pack of this repository as instance `webhook`.
+DEFAULT_CONFIG = """\
+# xsoar-local configuration, created on first run. Edit freely; `xsoar-local up` checks it before starting.
+server:
+  host: 127.0.0.1
+  port: 8080
+  data_dir: .xsoar-local            # SQLite store, instance logs and installed packs
+  # api_key: <secret>               # needed for /instance/execute/<name> of a non-external instance, and then
+  #                                 # also for the read API and the page (header `Authorization` or `X-API-Key`)
+  config:                           # server configuration keys, as in the real server
+    instance.execute.external.webhook: "true"
+packs:
+  - Packs/GenericWebhook
+instances:
+  - name: webhook
+    integration: Generic Webhook
+    enabled: true
+    params:
+      # longRunningPort: 8000       # left out: a free port is assigned at every start
+      store_samples: true
+      incidentType: Unclassified
+      credentials:                  # callers must send the header `Authorization: <password>`
+        identifier: _header:Authorization
+        password: "{password}"
+"""
+
+_TOP_LEVEL_KEYS = ("server", "packs", "instances")
+_SERVER_KEYS = ("host", "port", "data_dir", "api_key", "config", "upstream_timeout")
+_INSTANCE_KEYS = ("name", "integration", "enabled", "params")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path(".xsoar-local")
+    api_key: str | None = None
+    # Server configuration keys (`instance.execute.external...`), values as strings like the real server's.
+    config: dict[str, str] = field(default_factory=dict)
+    # Seconds to wait for an instance to start answering a rerouted request before giving up with 504.
+    upstream_timeout: float = 60.0
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "xsoar-local.db"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def packs_dir(self) -> Path:
+        return self.data_dir / "packs"
+
+    def is_external(self, instance: str) -> bool:
+        """Whether `/instance/execute/<instance>` is open without the API key, per the server configuration keys."""
+        own = self.config.get(f"instance.execute.external.{instance}", "").strip().lower()
+        if own:
+            return own == "true"
+        return self.config.get("instance.execute.external", "").strip().lower() == "true"
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    name: str
+    integration: str
+    enabled: bool = True
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    path: Path
+    server: ServerConfig
+    packs: tuple[Path, ...]
+    instances: tuple[InstanceConfig, ...]
+
+    def instance(self, name: str) -> InstanceConfig:
+        found = next((item for item in self.instances if item.name == name), None)
+        if found is None:
+            known = ", ".join(item.name for item in self.instances) or "none"
+            raise ConfigError(f"no instance named {name!r} (instances: {known})")
+        return found
+
+
+def write_default_config(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEFAULT_CONFIG.format(password=secrets.token_urlsafe(24)), encoding="utf-8")
+
+
+def load_config(path: str | Path) -> PlatformConfig:
+    """Read and check the config file; every problem found is reported in one `ConfigError`."""
+    path = Path(path)
+    data = _read_yaml(path)
+    base = path.resolve().parent
+    problems: list[str] = []
+    _check_keys(problems, "config", data, _TOP_LEVEL_KEYS)
+    server = _server_config(problems, data.get("server"), base)
+    packs = _packs(problems, data.get("packs"), base)
+    instances = _instances(problems, data.get("instances"))
+    if problems:
+        raise ConfigError(*(f"{path}: {problem}" for problem in problems))
+    return PlatformConfig(path=path, server=server, packs=packs, instances=instances)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML{where}: {' '.join(str(problem).split())}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping with server, packs and instances")
+    return data
+
+
+def _check_keys(problems: list[str], where: str, data: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(allowed)}"
+            problems.append(f"{where}: unknown key {key!r} (fix: {hint})")
+
+
+def _server_config(problems: list[str], data: Any, base: Path) -> ServerConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append("server must be a mapping (fix: see the default config for its keys)")
+        return ServerConfig(data_dir=base / ".xsoar-local")
+    _check_keys(problems, "server", data, _SERVER_KEYS)
+    defaults = ServerConfig()
+    host = data.get("host", defaults.host)
+    if not isinstance(host, str) or not host:
+        problems.append(f"server.host must be a host name or address, got {host!r} (fix: use 127.0.0.1)")
+        host = defaults.host
+    port = data.get("port", defaults.port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        problems.append(f"server.port must be a port number (0-65535; 0 = any free port), got {port!r}")
+        port = defaults.port
+    data_dir = data.get("data_dir", str(defaults.data_dir))
+    if not isinstance(data_dir, str) or not data_dir:
+        problems.append(f"server.data_dir must be a folder path, got {data_dir!r} (fix: use .xsoar-local)")
+        data_dir = str(defaults.data_dir)
+    api_key = data.get("api_key")
+    if api_key is not None and (not isinstance(api_key, str | int) or isinstance(api_key, bool) or api_key == ""):
+        problems.append("server.api_key must be a non-empty string (fix: quote it, or remove the line)")
+        api_key = None
+    server_keys = data.get("config") or {}
+    if not isinstance(server_keys, dict):
+        problems.append("server.config must be a mapping of server configuration keys to values")
+        server_keys = {}
+    timeout = data.get("upstream_timeout", defaults.upstream_timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        problems.append(f"server.upstream_timeout must be a number of seconds above 0, got {timeout!r}")
+        timeout = defaults.upstream_timeout
+    return ServerConfig(
+        host=host,
+        port=port,
+        data_dir=base / data_dir,
+        api_key=None if api_key is None else str(api_key),
+        config={str(key): _config_value(value) for key, value in server_keys.items()},
+        upstream_timeout=float(timeout),
+    )
+
+
+def _config_value(value: Any) -> str:
+    # The real server keeps configuration values as strings; YAML turns an unquoted true into a boolean.
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _packs(problems: list[str], data: Any, base: Path) -> tuple[Path, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list) or not all(isinstance(item, str) and item for item in data):
+        problems.append("packs must be a list of pack folder or zip paths (fix: packs: [Packs/GenericWebhook])")
+        return ()
+    return tuple(base / item for item in data)
+
+
+def _instances(problems: list[str], data: Any) -> tuple[InstanceConfig, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        problems.append("instances must be a list of mappings with name, integration, enabled and params")
+        return ()
+    instances: list[InstanceConfig] = []
+    for index, item in enumerate(data, start=1):
+        where = f"instance #{index}"
+        if not isinstance(item, dict):
+            problems.append(f"{where} must be a mapping with name, integration, enabled and params")
+            continue
+        name = item.get("name")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"{where} has no name (fix: add name: <instance-name>)")
+            continue
+        where = f"instance {name!r}"
+        if "/" in name:
+            problems.append(f"{where}: the name cannot contain '/', as it is a path segment of its webhook URL")
+            continue
+        _check_keys(problems, where, item, _INSTANCE_KEYS)
+        if any(existing.name == name for existing in instances):
+            problems.append(f"{where} is defined twice (fix: give each instance its own name)")
+            continue
+        integration = item.get("integration")
+        if not isinstance(integration, str) or not integration:
+            problems.append(f"{where} has no integration (fix: add integration: <integration id>)")
+            continue
+        enabled = item.get("enabled", True)
+        if not isinstance(enabled, bool):
+            problems.append(f"{where}: enabled must be true or false, got {enabled!r}")
+            continue
+        params = item.get("params") or {}
+        if not isinstance(params, dict):
+            problems.append(f"{where}: params must be a mapping of param name to value")
+            continue
+        instances.append(InstanceConfig(name=name, integration=integration, enabled=enabled, params=params))
+    return tuple(instances)
+
+
+def add_pack(config_path: Path, entry: str, pack_id: str) -> None:
+    """Put `entry` in the config file's packs list, replacing entries of the same pack; comments are kept."""
+    text = config_path.read_text(encoding="utf-8")
+    text += "" if text.endswith("\n") else "\n"
+    data = yaml.safe_load(text) or {}
+    packs = [item for item in data.get("packs") or [] if not _same_pack(str(item), pack_id)] + [entry]
+    block = "packs:\n" + "".join(f"  - {_yaml_scalar(item)}\n" for item in packs)
+    match = _PACKS_BLOCK.search(text)
+    edited = text[: match.start()] + block + text[match.end() :].lstrip("\n") if match else text + block
+    if _parses_to(edited) != {**data, "packs": packs}:
+        # A layout the targeted edit does not understand: write the whole file (its comments are lost).
+        edited = yaml.safe_dump({**data, "packs": packs}, sort_keys=False)
+    config_path.write_text(edited, encoding="utf-8")
+
+
+# The top-level `packs:` key with its value: a flow list on the same line, or the block list under it.
+_PACKS_BLOCK = re.compile(r"^packs:[^\n]*\n(?:[ \t]*-[^\n]*\n|[ \t]+#[^\n]*\n)*", re.MULTILINE)
+
+
+def _parses_to(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+
+
+def _same_pack(entry: str, pack_id: str) -> bool:
+    path = Path(entry)
+    return pack_id in (path.name, path.stem)
+
+
+def _yaml_scalar(value: str) -> str:
+    return value if re.fullmatch(r"[A-Za-z0-9_./-]+", value) else json.dumps(value)

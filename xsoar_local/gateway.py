@@ -1,0 +1,225 @@
+"""The server reroute: `/instance/execute/<name>[/<path>][?query]` to `http://127.0.0.1:<listen port>/<path>[?query]`.
+
+A plain ASGI app, so a request passes through nothing but this: find the instance, check the caller may use it,
+check it is up, then stream the request to it and its response back, neither body held in memory whole. The
+multi-tenant form `/acc_<account>/instance/execute/<name>` reaches the same instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import unquote
+
+from fastapi.responses import JSONResponse
+
+from xsoar_local.auth import api_key_header
+from xsoar_local.config import ServerConfig
+from xsoar_local.instances import Instance
+from xsoar_local.supervisor import InstanceProcess, InstanceState, Supervisor
+from xsoar_local.upstream import (
+    Headers,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+
+log = logging.getLogger(__name__)
+
+REROUTE_PATH = re.compile(r"^(?:/acc_[^/]+)?/instance/execute/(?P<name>[^/]+)(?P<rest>/.*)?$")
+
+# Headers that describe one connection, not the message; a proxy must not pass them on (RFC 9110 7.6.1).
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"proxy-connection"}
+    | {b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+# Not passed on either: the upstream pool sets the Host and the body's framing (Content-Length or chunked),
+# and X-Forwarded-For is passed on with the caller's address added.
+_NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"content-length", b"x-forwarded-for"}
+
+Scope = dict[str, Any]
+
+
+def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def upstream_pool(server: ServerConfig) -> UpstreamPool:
+    """One pool of keep-alive connections to the instances, for every rerouted request."""
+    return UpstreamPool(read_timeout=server.upstream_timeout)
+
+
+def is_reroute(path: str) -> bool:
+    return REROUTE_PATH.match(path) is not None
+
+
+class Reroute:
+    """The ASGI app behind every `/instance/execute/...` path."""
+
+    def __init__(
+        self, instances: list[Instance], supervisor: Supervisor, server: ServerConfig, upstream: UpstreamPool
+    ) -> None:
+        self._instances = {item.name: item for item in instances}
+        self._external = {item.name: server.is_external(item.name) for item in instances}
+        self._supervisor = supervisor
+        self._server = server
+        self._upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        match = REROUTE_PATH.match(raw_path.decode("latin-1"))
+        if match is None:
+            await error_response(404, "not found", f"no route for {scope['path']}")(scope, receive, send)
+            return
+        name = unquote(match["name"])
+        refusal, api_key_name = self._admit(name, scope["headers"])
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        target = match["rest"] or "/"
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        await self._forward(scope, receive, send, self._instances[name], target, api_key_name)
+
+    def _admit(self, name: str, headers: Headers) -> tuple[JSONResponse | None, bytes | None]:
+        """The refusal for a request the instance must not get, or None and the header that held the API key."""
+        instance = self._instances.get(name)
+        if instance is None:
+            known = ", ".join(sorted(self._instances)) or "none"
+            return error_response(404, "unknown instance", f"no instance named {name!r} (instances: {known})"), None
+        if not instance.supervised:
+            why = "is disabled" if not instance.enabled else "is not a long-running instance"
+            return error_response(404, "instance not served", f"instance {name!r} {why}"), None
+        api_key_name = None
+        if not self._external[name]:
+            text_headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in headers}
+            found = api_key_header(text_headers, self._server.api_key)
+            if found is None:
+                return error_response(401, "unauthorized", self._unauthorized_detail(name)), None
+            api_key_name = found.encode("latin-1")
+        process = self._supervisor.get(name)
+        if process is None or process.state != InstanceState.RUNNING:
+            state = process.state.value if process is not None else "stopped"
+            return _unavailable(f"instance {name!r} is {state}", process), None
+        return None, api_key_name
+
+    def _unauthorized_detail(self, name: str) -> str:
+        external_key = f"instance.execute.external.{name}"
+        if not self._server.api_key:
+            return (
+                f"instance {name!r} is not external and no server.api_key is set;"
+                f" fix: set {external_key}: 'true' under server.config, or set server.api_key and send it"
+            )
+        return (
+            f"instance {name!r} is not external; fix: send the API key in the X-API-Key header"
+            f" (or Authorization), or set {external_key}: 'true' under server.config"
+        )
+
+    async def _forward(
+        self, scope: Scope, receive: Any, send: Any, instance: Instance, target: str, api_key_name: bytes | None
+    ) -> None:
+        headers, content_length, streamed = _forwarded_headers(scope, drop=api_key_name)
+        if content_length == -1:
+            await error_response(400, "invalid request", "Content-Length is not a number")(scope, receive, send)
+            return
+        has_body = streamed or bool(content_length)
+        assert instance.listen_port is not None
+        try:
+            upstream = await self._upstream.request(
+                instance.listen_port,
+                scope["method"],
+                target,
+                headers,
+                _body(receive) if has_body else None,
+                None if streamed else content_length,
+            )
+        except _ClientGone:
+            return
+        except UpstreamError as exc:
+            await self._upstream_failed(instance, exc)(scope, receive, send)
+            return
+        try:
+            await _relay(upstream, send)
+        except UpstreamError as exc:
+            # The status line is gone already: all that is left is to end the connection early.
+            log.warning("reroute to instance %r broke off while streaming the response: %s", instance.name, exc)
+        finally:
+            upstream.close()
+
+    def _upstream_failed(self, instance: Instance, exc: UpstreamError) -> JSONResponse:
+        process = self._supervisor.get(instance.name)
+        if isinstance(exc, UpstreamTimeout):
+            detail = f"instance {instance.name!r} did not answer within {self._server.upstream_timeout:g}s"
+            return error_response(504, "upstream timeout", detail)
+        if isinstance(exc, UpstreamConnectError):
+            detail = f"instance {instance.name!r} does not accept connections on port {instance.listen_port}: {exc}"
+            return _unavailable(detail, process)
+        detail = f"instance {instance.name!r} did not answer properly: {exc}"
+        if process is None or process.state != InstanceState.RUNNING:
+            # Most likely the process died under the request; the supervisor restarts it.
+            return _unavailable(detail, process)
+        log.warning("reroute to instance %r failed: %s", instance.name, exc)
+        return error_response(502, "bad upstream response", detail)
+
+
+def _unavailable(detail: str, process: InstanceProcess | None) -> JSONResponse:
+    retry_after = process.retry_after() if process is not None else 1
+    return error_response(503, "instance unavailable", detail, headers={"Retry-After": str(retry_after)})
+
+
+class _ClientGone(Exception):
+    """The caller disconnected before its request body was read whole."""
+
+
+async def _body(receive: Any) -> AsyncIterator[bytes]:
+    """The request body as it arrives, chunk by chunk."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        if message.get("body"):
+            yield message["body"]
+        if not message.get("more_body", False):
+            return
+
+
+async def _relay(upstream: UpstreamResponse, send: Any) -> None:
+    await send({"type": "http.response.start", "status": upstream.status, "headers": _response_headers(upstream)})
+    # One chunk is held back, so that the last one goes out marked as the end (one write fewer per response).
+    previous = b""
+    async for chunk in upstream.chunks():
+        if previous:
+            await send({"type": "http.response.body", "body": previous, "more_body": True})
+        previous = chunk
+    await send({"type": "http.response.body", "body": previous, "more_body": False})
+
+
+def _forwarded_headers(scope: Scope, drop: bytes | None) -> tuple[Headers, int | None, bool]:
+    """The caller's headers less hop-by-hop ones and the API key, plus X-Forwarded-*; also the body's
+    Content-Length (None if not given, -1 if not a number) and whether it comes chunked."""
+    raw: Headers = scope["headers"]
+    values = dict(raw)
+    skip = _NOT_FORWARDED
+    if b"connection" in values or drop:
+        listed = {token.strip().lower() for key, value in raw if key == b"connection" for token in value.split(b",")}
+        skip = skip | listed | ({drop} if drop else set())
+    headers = [(key, value) for key, value in raw if key not in skip]
+    client = scope["client"][0].encode("latin-1") if scope.get("client") else b""
+    previous = values.get(b"x-forwarded-for")
+    headers.append((b"x-forwarded-for", previous + b", " + client if previous else client))
+    headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
+    if b"host" in values and b"x-forwarded-host" not in values:
+        headers.append((b"x-forwarded-host", values[b"host"]))
+    length = values.get(b"content-length")
+    content_length = None if length is None else int(length) if length.strip().isdigit() else -1
+    return headers, content_length, b"transfer-encoding" in values
+
+
+def _response_headers(upstream: UpstreamResponse) -> Headers:
+    listed = {token.strip() for key, value in upstream.headers if key == b"connection" for token in value.split(b",")}
+    skip = _HOP_BY_HOP | listed
+    return [(key, value) for key, value in upstream.headers if key not in skip]

@@ -1,0 +1,122 @@
+"""`xsoar-local up`: the gateway and the supervised instances in one foreground process.
+
+The platform installs its own signal handlers (SIGINT, SIGTERM, SIGHUP) instead of uvicorn's, so that however
+the server loop ends, the instances are stopped before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import socket
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import uvicorn
+
+from xsoar_local.app import create_app
+from xsoar_local.config import PlatformConfig, ServerConfig
+from xsoar_local.errors import ConfigError
+from xsoar_local.gateway import upstream_pool
+from xsoar_local.instances import Instance
+from xsoar_local.ports import bind_socket
+from xsoar_local.store import open_store
+from xsoar_local.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Signals are handled by `serve()` below; uvicorn would re-raise them after shutting down.
+        yield
+
+
+def bind_gateway(server: ServerConfig) -> socket.socket:
+    try:
+        return bind_socket(server.host, server.port)
+    except OSError as exc:
+        raise ConfigError(
+            f"server.port {server.port} on {server.host} cannot be used: {exc.strerror or exc}"
+            " (fix: stop the process that holds it, or set another server.port)"
+        ) from None
+
+
+def base_url(server: ServerConfig, sock: socket.socket) -> str:
+    host = server.host
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_unspecified:
+            host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{sock.getsockname()[1]}"
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+async def serve(
+    config: PlatformConfig,
+    instances: list[Instance],
+    sock: socket.socket,
+    on_started: Callable[[Supervisor], None] = lambda _: None,
+) -> None:
+    """Run the gateway on `sock` and every supervised instance until a stop signal; then stop them all."""
+    store = open_store(config.server.store_path)
+    supervisor = Supervisor(instances, store=store, store_path=config.server.store_path, log_dir=config.server.log_dir)
+    upstream = upstream_pool(config.server)
+    app = create_app(
+        instances=instances,
+        supervisor=supervisor,
+        server=config.server,
+        store=store,
+        upstream=upstream,
+        base_url=base_url(config.server, sock),
+    )
+    uv_config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,  # the client address must be the peer's: the reroute adds it to X-Forwarded-For
+        server_header=False,
+        date_header=False,  # rerouted responses carry the instance's own
+        timeout_graceful_shutdown=5,
+    )
+    server = _Server(uv_config)
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, server.handle_exit, sig, None)
+    try:
+        await supervisor.start()
+        on_started(supervisor)
+        await server.serve(sockets=[sock])
+    finally:
+        log.info("stopping instances")
+        await supervisor.stop()
+        await upstream.aclose()
+        store.close()
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run the platform's event loop, on uvloop when it is installed (it comes with uvicorn[standard])."""
+    try:
+        import uvloop
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main)

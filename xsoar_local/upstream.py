@@ -1,0 +1,338 @@
+"""Keep-alive HTTP/1.1 connections from the gateway to the instances' listen ports.
+
+The reroute needs one thing from an HTTP client: send a request to 127.0.0.1:<port> and stream the response
+back, reusing connections. This does exactly that over asyncio streams, which costs a fraction of a general
+client per request (the reroute's throughput is a stated goal). Request bodies up to `SMALL_BODY` go out in
+the same write as the head; larger ones stream while the response is awaited, so an instance that answers
+early (401, 413) is not stuck behind an upload it will never read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+
+from xsoar_local.ports import INSTANCE_HOST
+
+SMALL_BODY = 64 * 1024
+READ_SIZE = 64 * 1024
+MAX_HEAD = 64 * 1024
+MAX_IDLE = 100
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class UpstreamError(Exception):
+    """The instance could not be reached, or broke the exchange."""
+
+
+class UpstreamConnectError(UpstreamError):
+    """Nothing accepts connections on the listen port."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The instance did not answer within the read timeout."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The instance closed the connection or answered with something that is not HTTP/1.x."""
+
+
+@dataclass
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    idle_since: float = field(default_factory=time.monotonic)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class UpstreamResponse:
+    """Status and headers of an instance's answer; `chunks()` streams its body, then the connection is reused."""
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        port: int,
+        connection: _Connection,
+        head: _Head,
+    ) -> None:
+        self.status = head.status
+        self.headers = head.headers
+        self._pool = pool
+        self._port = port
+        self._connection: _Connection | None = connection
+        self._framing = head.framing
+        self._reusable = head.keep_alive
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        connection = self._connection
+        assert connection is not None, "the body was read already"
+        body = _BodyReader(connection.reader, self._pool.read_timeout)
+        if self._framing == "chunked":
+            parts = body.dechunked()
+        elif self._framing == "close":
+            parts = body.until_closed()
+        else:
+            parts = body.exactly(int(self._framing))
+        async for chunk in parts:
+            yield chunk
+        self._connection = None
+        self._pool.release(self._port, connection, reusable=self._reusable)
+
+    def close(self) -> None:
+        """Drop the connection if the body was not read to its end (it cannot carry another request)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+class UpstreamPool:
+    def __init__(self, *, read_timeout: float, connect_timeout: float = 5.0, idle_expiry: float = 2.0) -> None:
+        self.read_timeout = read_timeout
+        self._connect_timeout = connect_timeout
+        # Idle connections are dropped before the instance's own keep-alive timeout (uvicorn: 5 s) can close
+        # one under a request.
+        self._idle_expiry = idle_expiry
+        self._idle: dict[int, list[_Connection]] = {}
+
+    async def request(
+        self,
+        port: int,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: AsyncIterator[bytes] | None,
+        content_length: int | None,
+    ) -> UpstreamResponse:
+        """Send a request; returns once the response head is in. `headers` must not hold hop-by-hop headers."""
+        framing_header = (
+            [(b"content-length", str(content_length).encode())]
+            if content_length is not None
+            else [(b"transfer-encoding", b"chunked")]
+            if body is not None
+            else []
+        )
+        head = _request_head(method, target, [(b"host", f"{INSTANCE_HOST}:{port}".encode()), *headers, *framing_header])
+        first = b""
+        if body is not None and content_length is not None and content_length <= SMALL_BODY:
+            first = b"".join([chunk async for chunk in body])
+            body = None
+        # A pooled connection the instance closed meanwhile fails before any answer: then, if nothing of the
+        # body was consumed, the request goes again on a new connection.
+        for attempt in range(2):
+            connection = await self._acquire(port, fresh=attempt > 0)
+            try:
+                return await self._exchange(port, connection, method, head + first, body, content_length is None)
+            except _StaleConnection:
+                connection.close()
+                if body is not None or attempt:
+                    raise UpstreamProtocolError("the instance closed the connection without answering") from None
+            except BaseException:
+                connection.close()
+                raise
+        raise AssertionError("unreachable")
+
+    def release(self, port: int, connection: _Connection, *, reusable: bool) -> None:
+        idle = self._idle.setdefault(port, [])
+        if not reusable or len(idle) >= MAX_IDLE or connection.writer.is_closing() or connection.reader.at_eof():
+            connection.close()
+            return
+        connection.idle_since = time.monotonic()
+        idle.append(connection)
+
+    async def aclose(self) -> None:
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.close()
+        self._idle.clear()
+
+    async def _acquire(self, port: int, *, fresh: bool) -> _Connection:
+        idle = self._idle.get(port)
+        now = time.monotonic()
+        while idle and not fresh:
+            connection = idle.pop()
+            if now - connection.idle_since < self._idle_expiry and not connection.reader.at_eof():
+                return connection
+            connection.close()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                reader, writer = await asyncio.open_connection(INSTANCE_HOST, port, limit=MAX_HEAD)
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamConnectError(f"cannot connect to port {port}: {exc}") from exc
+        return _Connection(reader, writer)
+
+    async def _exchange(
+        self,
+        port: int,
+        connection: _Connection,
+        method: str,
+        first: bytes,
+        body: AsyncIterator[bytes] | None,
+        chunked: bool,
+    ) -> UpstreamResponse:
+        # A write on a connection the instance has closed does not fail; the read of the answer does.
+        connection.writer.write(first)
+        if body is None:
+            head = await self._read_head(connection.reader, method)
+        else:
+            head = await self._read_head_while_uploading(connection, method, body, chunked)
+        return UpstreamResponse(self, port, connection, head)
+
+    async def _read_head_while_uploading(
+        self, connection: _Connection, method: str, body: AsyncIterator[bytes], chunked: bool
+    ) -> _Head:
+        upload = asyncio.ensure_future(_send_body(connection.writer, body, chunked))
+        answer = asyncio.ensure_future(self._read_head(connection.reader, method))
+        try:
+            pending: set[asyncio.Future[object]] = {upload, answer}
+            while answer in pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if upload in done and upload.exception() is not None:
+                    raise upload.exception()  # type: ignore[misc]
+            head = answer.result()
+            if not upload.done():
+                # The instance answered before it had the whole body: this connection cannot carry another request.
+                head.keep_alive = False
+            return head
+        finally:
+            upload.cancel()
+            answer.cancel()
+
+    async def _read_head(self, reader: asyncio.StreamReader, method: str) -> _Head:
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                while True:
+                    try:
+                        raw = await reader.readuntil(b"\r\n\r\n")
+                    except asyncio.IncompleteReadError as exc:
+                        if not exc.partial:
+                            raise _StaleConnection from exc
+                        raise UpstreamProtocolError("the instance closed the connection mid-answer") from exc
+                    status, headers, http10 = _parse_head(raw)
+                    if not 100 <= status < 200:
+                        break
+                    if status == 101:
+                        raise UpstreamProtocolError("the instance switched protocols, which the reroute cannot carry")
+        except TimeoutError:
+            raise UpstreamTimeout(f"no answer within {self.read_timeout:g}s") from None
+        except asyncio.LimitOverrunError as exc:
+            raise UpstreamProtocolError(f"response head larger than {MAX_HEAD} bytes") from exc
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise _StaleConnection from exc
+        except OSError as exc:
+            raise UpstreamProtocolError(f"reading the answer failed: {exc}") from exc
+        connection_tokens = _tokens(headers, b"connection")
+        keep_alive = b"keep-alive" in connection_tokens if http10 else b"close" not in connection_tokens
+        if method == "HEAD" or status in (204, 304):
+            framing = "0"
+        elif b"chunked" in _tokens(headers, b"transfer-encoding"):
+            framing = "chunked"
+        elif (length := _header(headers, b"content-length")) is not None and length.strip().isdigit():
+            framing = str(int(length))
+        else:
+            framing, keep_alive = "close", False
+        return _Head(status, headers, framing, keep_alive)
+
+
+@dataclass
+class _Head:
+    status: int
+    headers: Headers
+    # How the body ends: "chunked", "close" (at end of stream) or its length in bytes.
+    framing: str
+    keep_alive: bool
+
+
+class _StaleConnection(Exception):
+    """The connection failed before any byte of an answer arrived."""
+
+
+def _request_head(method: str, target: str, headers: Headers) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1".encode("latin-1")]
+    lines += [name + b": " + value for name, value in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def _send_body(writer: asyncio.StreamWriter, body: AsyncIterator[bytes], chunked: bool) -> None:
+    # An instance that stops reading has answered already, or will be found out when its answer is read.
+    with contextlib.suppress(OSError):
+        async for chunk in body:
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await writer.drain()
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+
+def _parse_head(raw: bytes) -> tuple[int, Headers, bool]:
+    status_line, *lines = raw[:-4].split(b"\r\n")
+    version, _, rest = status_line.partition(b" ")
+    code = rest[:3]
+    if not version.startswith(b"HTTP/1.") or not code.isdigit():
+        raise UpstreamProtocolError(f"not an HTTP/1.x answer: {status_line[:80]!r}")
+    headers = []
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip():
+            raise UpstreamProtocolError(f"malformed response header: {line[:80]!r}")
+        headers.append((name.lower(), value.strip()))
+    return int(code), headers, version == b"HTTP/1.0"
+
+
+def _header(headers: Headers, name: bytes) -> bytes | None:
+    return next((value for key, value in headers if key == name), None)
+
+
+def _tokens(headers: Headers, name: bytes) -> set[bytes]:
+    return {token.strip().lower() for key, value in headers if key == name for token in value.split(b",")}
+
+
+class _BodyReader:
+    """A response body by its framing; each read has the read timeout, also between the chunks the caller sends."""
+
+    def __init__(self, reader: asyncio.StreamReader, timeout: float) -> None:
+        self._reader = reader
+        self._timeout = timeout
+
+    async def exactly(self, length: int) -> AsyncIterator[bytes]:
+        left = length
+        while left:
+            chunk = await self._read(self._reader.read(min(left, READ_SIZE)))
+            if not chunk:
+                raise UpstreamProtocolError(f"response body ended {left} bytes early")
+            left -= len(chunk)
+            yield chunk
+
+    async def until_closed(self) -> AsyncIterator[bytes]:
+        while chunk := await self._read(self._reader.read(READ_SIZE)):
+            yield chunk
+
+    async def dechunked(self) -> AsyncIterator[bytes]:
+        while True:
+            size_line = await self._read(self._reader.readuntil(b"\r\n"))
+            try:
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise UpstreamProtocolError(f"bad chunk size line {size_line[:40]!r}") from None
+            if size == 0:
+                # Trailers, if any, end with an empty line; they are not passed on.
+                while await self._read(self._reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass
+                return
+            async for chunk in self.exactly(size):
+                yield chunk
+            await self._read(self._reader.readexactly(2))
+
+    async def _read(self, read: Awaitable[bytes]) -> bytes:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await read
+        except TimeoutError:
+            raise UpstreamTimeout("the instance stopped sending its response body") from None
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            raise UpstreamProtocolError(f"response body broken off: {exc!r}") from exc
