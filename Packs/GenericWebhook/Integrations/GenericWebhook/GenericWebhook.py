@@ -818,29 +818,22 @@ def build_incidents(
 ) -> list[dict[str, Any]]:
     """Turns event objects into incident dicts for createIncidents; raises a 400 RequestError naming the bad item."""
     incidents = []
+    headers_json = json.dumps(headers)  # once per request, spliced into every event's rawJSON
     for item, label in zip(items, labels, strict=True):
         try:
-            incidents.append(build_incident(item, headers, config))
+            incidents.append(build_incident(item, headers_json, config))
         except ValueError as error:
             raise RequestError(400, "invalid_field", f"{label}: {error}" if label else str(error)) from None
     return incidents
 
 
-def build_incident(item: dict[str, Any], headers: dict[str, str], config: WebhookConfig) -> dict[str, Any]:
+def build_incident(item: dict[str, Any], headers_json: str, config: WebhookConfig) -> dict[str, Any]:
     event = _raw_event(item)
     mapped = _mapped_fields(event, config.mapping)
-    # Request headers go under `headers`; an event that has its own `headers` keeps it, and the request
-    # headers go under `request_headers` instead (neither key is ever overwritten).
-    raw = event
-    for key in REQUEST_HEADERS_KEYS:
-        if key not in raw:
-            raw = {**raw, key: headers}
-            break
-
     incident: dict[str, Any] = {
         "name": mapped.get("name") or _text_field(item, "name") or DEFAULT_INCIDENT_NAME,
         "occurred": mapped.get("occurred") or _occurred(item.get("occurred")),
-        "rawJSON": json.dumps(raw),
+        "rawJSON": raw_json_with_headers(event, headers_json),
     }
     incident_type = mapped.get("type") or _text_field(item, "type") or config.incident_type
     if incident_type:
@@ -861,6 +854,16 @@ def build_incident(item: dict[str, Any], headers: dict[str, str], config: Webhoo
     if item.get("dbotMirrorId") is not None:
         incident["dbotMirrorId"] = _text_field(item, "dbotMirrorId")
     return incident
+
+
+def raw_json_with_headers(event: dict[str, Any], headers_json: str) -> str:
+    """The event as JSON with the request headers added as the last key: under `headers`, or under
+    `request_headers` when the event has its own `headers` (neither key is ever overwritten)."""
+    text = json.dumps(event)
+    for key in REQUEST_HEADERS_KEYS:
+        if key not in event:
+            return f'{text[:-1]}{", " if event else ""}"{key}": {headers_json}}}'
+    return text
 
 
 def _mapped_fields(event: dict[str, Any], mapping: FieldMapping) -> dict[str, Any]:

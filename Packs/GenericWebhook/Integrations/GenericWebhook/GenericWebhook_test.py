@@ -1143,6 +1143,22 @@ def test_field_mapping_paths(make_client, mocker):
     assert "type" not in fallback
 
 
+@pytest.mark.parametrize(
+    "event",
+    [{}, {"a": 1}, {"headers": {"x": 1}}, {"headers": 1, "request_headers": 2}, {"nested": {"q": [1, '\u00e9"']}}],
+)
+def test_raw_json_with_headers_is_the_event_plus_headers(event):
+    """
+    Given events with and without their own headers keys
+    When the request headers are spliced into their rawJSON
+    Then the result parses to the event plus the headers under the first free key, nothing overwritten.
+    """
+    headers = {"user-agent": "x", "x-q": '"quoted"'}
+    raw = json.loads(GenericWebhook.raw_json_with_headers(event, json.dumps(headers)))
+    free = next((key for key in ("headers", "request_headers") if key not in event), None)
+    assert raw == ({**event, free: headers} if free else event)
+
+
 def test_field_mapping_reads_the_raw_event():
     """
     Given a name path and an item carrying rawJson
@@ -1150,7 +1166,7 @@ def test_field_mapping_reads_the_raw_event():
     Then the path is resolved inside rawJson.
     """
     config = WebhookConfig.from_params({**PORT_PARAMS, "name_path": "data.0.title"})
-    incident = GenericWebhook.build_incident({"rawJson": {"data": [{"title": "inside"}]}}, {}, config)
+    incident = GenericWebhook.build_incident({"rawJson": {"data": [{"title": "inside"}]}}, "{}", config)
     assert incident["name"] == "inside"
 
 
