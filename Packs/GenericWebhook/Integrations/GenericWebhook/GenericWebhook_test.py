@@ -537,6 +537,69 @@ def test_concurrent_requests_are_not_serialized(executor, mocker):
     assert elapsed < 2.5
 
 
+def test_a_failed_batch_fails_only_its_own_requests(executor):
+    """
+    Given a batcher whose first createIncidents call fails while two more requests wait
+    When the failure comes back and the waiting requests go in the next batch
+    Then the first request gets the error, the other two get their own incidents, and each incident was sent once.
+    """
+    calls: list[list[str]] = []
+    release = threading.Event()
+
+    def sink(units):
+        names = [incident["name"] for unit in units for incident in unit.incidents]
+        calls.append(names)
+        if len(calls) == 1:
+            release.wait(5)
+            raise ValueError("server unavailable")
+        return [GenericWebhook.UnitResult([{"id": name, "name": name}]) for name in names]
+
+    batcher = GenericWebhook.IncidentBatcher(sink, executor)
+
+    async def scenario():
+        unit = lambda name: [GenericWebhook.Unit([{"name": name}])]  # noqa: E731
+        first = asyncio.ensure_future(batcher.submit(unit("a")))
+        await asyncio.sleep(0.05)  # `a` is in flight alone
+        others = [asyncio.ensure_future(batcher.submit(unit(name))) for name in ("b", "c")]
+        await asyncio.sleep(0.05)
+        release.set()
+        return await asyncio.gather(first, *others, return_exceptions=True)
+
+    first, second, third = asyncio.run(scenario())
+    assert isinstance(first, ValueError)
+    assert [second[0].incidents[0]["name"], third[0].incidents[0]["name"]] == ["b", "c"]
+    assert calls == [["a"], ["b", "c"]]
+    assert batcher.last_batch_failed is False
+
+
+def test_batch_waits_for_more_requests_up_to_the_max(executor):
+    """
+    Given batch_max_wait_ms 200 and batch_max_incidents 3
+    When three requests arrive 20 ms apart
+    Then they are created in one call, which leaves as soon as the third arrives (well before 200 ms).
+    """
+    calls: list[int] = []
+
+    def sink(units):
+        calls.append(len(units))
+        return [GenericWebhook.UnitResult(unit.incidents) for unit in units]
+
+    batcher = GenericWebhook.IncidentBatcher(sink, executor, max_batch=3, max_wait_ms=200)
+
+    async def scenario():
+        started = time.monotonic()
+        tasks = []
+        for name in "abc":
+            tasks.append(asyncio.ensure_future(batcher.submit([GenericWebhook.Unit([{"name": name}])])))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*tasks)
+        return time.monotonic() - started  # ~0.06 s; the full wait would be over 0.2 s
+
+    waited = asyncio.run(scenario())
+    assert calls == [3]
+    assert waited < 0.15
+
+
 # ---------------------------------------------------------------- access log
 
 
