@@ -72,6 +72,11 @@ def _stored_incident(incident: Incident, incident_id: int, instance: str, create
     return stored
 
 
+def _column_text(value: Any) -> str:
+    """Column text SQLite can hold: lone surrogates (possible in JSON text) become U+FFFD."""
+    return str(value).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def _switch_to_wal(conn: sqlite3.Connection) -> None:
     """Turn on WAL. When several processes open a new store file at once, the switch can meet a lock that the
     busy timeout does not cover (SQLite answers `database is locked` at once): retry for a bounded time."""
@@ -255,10 +260,10 @@ class SqliteStore:
                         int(item["id"]),
                         instance,
                         created,
-                        None if item.get("name") is None else str(item["name"]),
-                        str(item["type"]),
+                        None if item.get("name") is None else _column_text(item["name"]),
+                        _column_text(item["type"]),
                         item["severity"],
-                        str(item["occurred"]),
+                        _column_text(item["occurred"]),
                         json.dumps(item),
                     )
                     for item in stored

@@ -50,6 +50,7 @@ OVERLOAD_RETRY_AFTER_SECONDS = 1
 KEEP_ALIVE_SECONDS = 5
 MAX_HEADER_BYTES = 64 * 1024
 INFLATE_STEP_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 100
 DEFAULT_BIND_HOST = "0.0.0.0"  # the platform reaches the container on its listen port from outside
 BIND_HOST_ENV = "GENERIC_WEBHOOK_BIND_HOST"
 TEXT_KEY = "text"  # where a text/plain body goes in the raw event
@@ -110,7 +111,7 @@ class PortInUseError(OSError):
 @dataclass(frozen=True)
 class SignatureConfig:
     scheme: str
-    secret: bytes
+    secret: bytes = field(repr=False)
     header: str = ""  # Generic HMAC only, lower-cased
     algorithm: str = "sha256"
     encoding: str = "hex"
@@ -134,10 +135,10 @@ class FieldMapping:
 class WebhookConfig:
     port: int
     auth_username: str = ""
-    auth_password: str = ""
+    auth_password: str = field(default="", repr=False)
     auth_header: str = ""  # set in `_header:<NAME>` mode, lower-cased
     certificate: str = ""
-    private_key: str = ""
+    private_key: str = field(default="", repr=False)
     incident_type: str = ""
     store_samples: bool = False
     signature: SignatureConfig | None = None
@@ -515,9 +516,11 @@ def _required_header(headers: dict[bytes, bytes], name: str) -> bytes:
 
 def _check_timestamp(raw: bytes, name: str, tolerance: int, now: float) -> None:
     try:
-        timestamp = int(raw)
+        timestamp = int(raw) if len(raw) <= 20 else None
     except ValueError:
-        raise _signature_error("signature_malformed", f"The {name} timestamp is not a Unix time in seconds.") from None
+        timestamp = None
+    if timestamp is None:
+        raise _signature_error("signature_malformed", f"The {name} timestamp is not a Unix time in seconds.")
     if abs(now - timestamp) > tolerance:
         raise _signature_error(
             "signature_stale",
@@ -680,23 +683,56 @@ def _decode_text(body: bytes) -> str:
         ) from None
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(text: str) -> Any:
+    """Strict JSON: NaN and Infinity (which Python accepts) are refused, as they would not serialize back."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
 def _load_json(text: str) -> Any:
     try:
-        return json.loads(text)
+        return _loads(text)
     except (ValueError, RecursionError):
         raise RequestError(400, "invalid_json", BAD_JSON_MESSAGE) from None
 
 
+def check_depth(text: str, items: list[dict[str, Any]], always: bool = False) -> None:
+    """Refuses events nested deeper than MAX_JSON_DEPTH (400): they could not be serialized back safely."""
+    if not always and text.count("{") + text.count("[") <= MAX_JSON_DEPTH:
+        return  # too few brackets to be that deep: no walk needed
+    stack: list[tuple[Any, int]] = [(item, 1) for item in items]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise RequestError(
+                400, "too_deep", f"The body is nested deeper than {MAX_JSON_DEPTH} levels: flatten the events."
+            )
+        if isinstance(value, dict):
+            stack.extend((child, depth + 1) for child in value.values() if isinstance(child, dict | list))
+        elif isinstance(value, list):
+            stack.extend((child, depth + 1) for child in value if isinstance(child, dict | list))
+
+
 def parse_events(body: bytes, content_type: str) -> tuple[list[dict[str, Any]], list[str]]:
+    text = _decode_text(body) if body.strip() else ""
+    media_type = content_type.partition(";")[0].strip().lower()
+    items, labels = _parse_text(text, media_type)
+    # form fields may hold percent-encoded JSON, whose brackets the quick count cannot see
+    check_depth(text, items, always=media_type == FORM_TYPE)
+    return items, labels
+
+
+def _parse_text(text: str, media_type: str) -> tuple[list[dict[str, Any]], list[str]]:
     """Parses the body into event objects and a label per event for error messages ('' for a lone object).
 
     JSON object or array (any Content-Type not listed below, as the original), NDJSON (one object per line),
     form-urlencoded (one object of the fields), text/plain (the text under `text`, unless it is JSON).
     """
-    media_type = content_type.partition(";")[0].strip().lower()
-    if not body.strip():
+    if not text:
         raise RequestError(400, "empty_body", "The request body is empty: send a JSON object or an array of objects.")
-    text = _decode_text(body)
     if media_type in NDJSON_TYPES:
         return _parse_ndjson(text)
     if media_type in (FORM_TYPE, TEXT_TYPE):
@@ -733,11 +769,11 @@ def parse_events(body: bytes, content_type: str) -> tuple[list[dict[str, Any]], 
 def _parse_ndjson(text: str) -> tuple[list[dict[str, Any]], list[str]]:
     items: list[dict[str, Any]] = []
     labels: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a string
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            item = _loads(line)
         except (ValueError, RecursionError):
             raise RequestError(400, "invalid_json", f"Line {number} is not valid JSON: {BAD_JSON_MESSAGE}.") from None
         if not isinstance(item, dict):
@@ -759,7 +795,7 @@ def _parse_form(text: str) -> dict[str, Any]:
         parsed: Any = value
         if value[:1] in ("{", "["):
             try:
-                parsed = json.loads(value)
+                parsed = _loads(value)
             except (ValueError, RecursionError):
                 parsed = value
         fields.setdefault(key, []).append(parsed)
@@ -846,7 +882,7 @@ def build_incident(item: dict[str, Any], headers_json: str, config: WebhookConfi
         incident["labels"] = _labels(item["labels"])
     details = mapped.get("details", item.get("details"))
     if details is not None:
-        incident["details"] = details if isinstance(details, str) else json.dumps(details)
+        incident["details"] = clean_text(details) if isinstance(details, str) else json.dumps(details)
     if item.get("customFields") is not None:
         if not isinstance(item["customFields"], dict):
             raise ValueError(f"customFields must be a JSON object, not {_json_kind(item['customFields'])}.")
@@ -877,7 +913,7 @@ def _mapped_fields(event: dict[str, Any], mapping: FieldMapping) -> dict[str, An
         if name == "details":
             mapped[name] = value
         else:
-            mapped[name] = json.dumps(value) if isinstance(value, dict | list) else str(value)
+            mapped[name] = clean_text(json.dumps(value) if isinstance(value, dict | list) else str(value))
     if mapping.occurred:
         try:
             occurred = _occurred(resolve_path(event, mapping.occurred))
@@ -906,7 +942,7 @@ def _raw_event(item: dict[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(value, str):  # a JSON document sent as a string
             try:
-                value = json.loads(value)
+                value = _loads(value)
             except (ValueError, RecursionError):
                 raise ValueError(f"{key} is a string that is not JSON: {BAD_JSON_MESSAGE}.") from None
         if not isinstance(value, dict):
@@ -921,7 +957,18 @@ def _text_field(item: dict[str, Any], key: str) -> str:
         return ""
     if isinstance(value, dict | list):
         raise ValueError(f"{key} must be a string, not {_json_kind(value)}.")
-    return str(value)
+    return clean_text(str(value))
+
+
+def clean_text(text: str) -> str:
+    """Text the server can store: lone surrogates (valid in JSON escapes, not in UTF-8) become U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 def _occurred(value: Any) -> str | None:
@@ -931,8 +978,8 @@ def _occurred(value: Any) -> str | None:
     if isinstance(value, bool):
         raise ValueError("occurred must be an ISO-8601 time or epoch seconds, not a boolean.")
     if isinstance(value, int | float):
-        seconds = value / 1000 if abs(value) > 100_000_000_000 else value
         try:
+            seconds = value / 1000 if abs(value) > 100_000_000_000 else value
             return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat().replace("+00:00", "Z")
         except (OverflowError, OSError, ValueError):
             raise ValueError(f"occurred {value} is not a valid epoch time.") from None
@@ -967,7 +1014,8 @@ def _labels(value: Any) -> list[dict[str, str]]:
     for position, label in enumerate(value):
         if not isinstance(label, dict) or "type" not in label:
             raise ValueError(f"labels[{position}] must be an object with `type` and `value`.")
-        labels.append({"type": str(label["type"]), "value": "" if label.get("value") is None else str(label["value"])})
+        value = "" if label.get("value") is None else str(label["value"])
+        labels.append({"type": clean_text(str(label["type"])), "value": clean_text(value)})
     return labels
 
 
@@ -1167,7 +1215,10 @@ class IncidentSink:
         for position, unit in enumerate(units):
             if results[position] is None and unit.key is not None:
                 results[position] = UnitResult(results[creating[unit.key]].incidents, duplicate=True)  # type: ignore
-        self._remember(units, results, incidents, now)
+        try:
+            self._remember(units, results, incidents, now)
+        except Exception as error:  # the incidents exist: this must not turn the answer into a failure
+            demisto.error(f"Generic Webhook: could not record samples or seen delivery keys: {error}")
         return results  # type: ignore[return-value]
 
     def _load_state(self) -> None:
@@ -1202,11 +1253,14 @@ class IncidentSink:
         """Writes what changed to the integration context. The incidents exist already: a failure here is
         logged and does not fail any request."""
         update: dict[str, Any] = {}
-        if self.seen is not None and self.seen_changed:
-            update[DEDUP_KEYS_KEY] = self.seen.to_context()
-        if self.samples is not None and self.pending_samples and self.samples.add(self.pending_samples):
-            update[SAMPLE_EVENTS_KEY] = self.samples.samples
-        self.pending_samples = []
+        pending, self.pending_samples = self.pending_samples, []
+        try:
+            if self.seen is not None and self.seen_changed:
+                update[DEDUP_KEYS_KEY] = self.seen.to_context()
+            if self.samples is not None and pending and self.samples.add(pending):
+                update[SAMPLE_EVENTS_KEY] = self.samples.samples
+        except Exception as error:  # a sample that cannot be kept is dropped, not retried forever
+            demisto.error(f"Generic Webhook: could not prepare samples or seen delivery keys: {error}")
         self.seen_changed = False
         self.last_write = self.clock()
         if not update:
@@ -1782,6 +1836,12 @@ def make_webhook_app(config: WebhookConfig, executor: ThreadPoolExecutor) -> Req
     """Wires the app to the platform: every demisto call (incidents, context, logs) runs on `executor`."""
     integration_logger = IntegrationLogger()
     integration_logger.set_buffering(False)
+    # IntegrationLogger masks every param whose name holds "key"; dedup_key names a header or path, not a secret,
+    # and masking a short value such as `id` would garble every log line.
+    not_secret = str(demisto.params().get("dedup_key") or "")
+    replace_strs = getattr(integration_logger, "replace_strs", None)
+    if not_secret and isinstance(replace_strs, list):
+        integration_logger.replace_strs = [text for text in replace_strs if text != not_secret]
     log_info = LogBuffer(executor, integration_logger.write)
 
     def log_error(line: str) -> None:
