@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.payloads import BodyKind
+from xsoar_local.server import run as run_loop
 
 DRAIN_TIMEOUT = 30.0  # seconds to wait for the last responses after the deadline
 CONNECT_TIMEOUT = 5.0
@@ -313,14 +314,7 @@ async def _drive(plan: _Plan) -> dict:
 
 
 def _run_plan(plan: _Plan) -> dict:
-    try:
-        import uvloop
-    except ImportError:
-        loop_factory = None
-    else:
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_drive(plan))
+    return run_loop(_drive(plan))
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:

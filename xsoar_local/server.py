@@ -13,7 +13,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -29,6 +29,8 @@ from xsoar_local.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+T = TypeVar("T")
 
 
 class _Server(uvicorn.Server):
@@ -110,8 +112,8 @@ async def serve(
             loop.remove_signal_handler(sig)
 
 
-def run(main: Coroutine[Any, Any, None]) -> None:
-    """Run the platform's event loop, on uvloop when it is installed (it comes with uvicorn[standard])."""
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run an event loop to the end of `main`, on uvloop when it is installed (it comes with uvicorn[standard])."""
     try:
         import uvloop
     except ImportError:
@@ -119,4 +121,4 @@ def run(main: Coroutine[Any, Any, None]) -> None:
     else:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(main)
+        return runner.run(main)
