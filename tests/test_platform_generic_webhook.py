@@ -108,3 +108,27 @@ def test_the_zip_installs_and_serves_the_same_way(tmp_path: Path) -> None:
         assert response.json()[0]["name"] == "Zip event"
     finally:
         platform.stop()
+
+
+def test_the_secret_never_reaches_the_platforms_pages_api_or_logs(platform: Platform) -> None:
+    """
+    Given the default config (header-token auth with a random password) and samples on
+    When authorized and unauthorized requests go through the reroute, and samples are fetched
+    Then the password appears nowhere in the page, the read API, an incident's page view, the error bodies,
+         the samples, or the instance log.
+    """
+    password = secret(platform.config_path)
+    url = f"{platform.url}/instance/execute/webhook"
+    ok = httpx.post(url, headers={"Authorization": password}, json={"name": "Secret check"})
+    refused = httpx.post(url, headers={"Authorization": password + "x"}, json={"name": "Wrong token"})
+    assert ok.status_code == 200 and refused.status_code == 401
+    incident_id = ok.json()[0]["id"]
+    samples = run_cli("samples", "webhook", "--config", platform.config_path)
+
+    seen = [ok.text, refused.text, samples.stdout, samples.stderr]
+    for path in ("/", "/instances", "/incidents", f"/incidents/{incident_id}", "/health"):
+        seen.append(platform.client.get(path).text)
+    log_dir = platform.config_path.parent / platform.config["server"]["data_dir"] / "logs"
+    seen += [log.read_text(errors="replace") for log in log_dir.glob("*.log")]
+    leaks = [text[:200] for text in seen if password in text]
+    assert not leaks, leaks
