@@ -74,7 +74,10 @@ def _stored_incident(incident: Incident, incident_id: int, instance: str, create
 
 def _column_text(value: Any) -> str:
     """Column text SQLite can hold: lone surrogates (possible in JSON text) become U+FFFD."""
-    return str(value).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    text = str(value)
+    if text.isascii():
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _switch_to_wal(conn: sqlite3.Connection) -> None:

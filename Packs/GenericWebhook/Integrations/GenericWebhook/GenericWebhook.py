@@ -703,17 +703,24 @@ def check_depth(text: str, items: list[dict[str, Any]], always: bool = False) ->
     """Refuses events nested deeper than MAX_JSON_DEPTH (400): they could not be serialized back safely."""
     if not always and text.count("{") + text.count("[") <= MAX_JSON_DEPTH:
         return  # too few brackets to be that deep: no walk needed
-    stack: list[tuple[Any, int]] = [(item, 1) for item in items]
+    if too_deep(items, start=0):
+        raise RequestError(
+            400, "too_deep", f"The body is nested deeper than {MAX_JSON_DEPTH} levels: flatten the events."
+        )
+
+
+def too_deep(value: Any, start: int = 1) -> bool:
+    """Whether a parsed JSON value nests deeper than MAX_JSON_DEPTH (`start` is the level of `value` itself)."""
+    stack: list[tuple[Any, int]] = [(value, start)]
     while stack:
         value, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
-            raise RequestError(
-                400, "too_deep", f"The body is nested deeper than {MAX_JSON_DEPTH} levels: flatten the events."
-            )
+            return True
         if isinstance(value, dict):
             stack.extend((child, depth + 1) for child in value.values() if isinstance(child, dict | list))
         elif isinstance(value, list):
             stack.extend((child, depth + 1) for child in value if isinstance(child, dict | list))
+    return False
 
 
 def parse_events(body: bytes, content_type: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -945,6 +952,8 @@ def _raw_event(item: dict[str, Any]) -> dict[str, Any]:
                 value = _loads(value)
             except (ValueError, RecursionError):
                 raise ValueError(f"{key} is a string that is not JSON: {BAD_JSON_MESSAGE}.") from None
+            if too_deep(value):
+                raise ValueError(f"{key} is nested deeper than {MAX_JSON_DEPTH} levels: flatten it.")
         if not isinstance(value, dict):
             raise ValueError(f"{key} must be a JSON object, not {_json_kind(value)}.")
         return value
@@ -966,8 +975,8 @@ def clean_text(text: str) -> str:
         return text
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # through UTF-16, each lone surrogate becomes exactly one U+FFFD
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return text
 
 

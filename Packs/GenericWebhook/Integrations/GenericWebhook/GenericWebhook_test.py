@@ -235,6 +235,9 @@ def test_post_on_sub_path_and_405_for_other_methods(make_client):
         (b'[{}, {"type": []}]', "invalid_field", "Item 1: type"),
         (b"[" * 100_000 + b"]" * 100_000, "invalid_json", BAD_JSON_MESSAGE),
         (b'{"n": ' + b"9" * 5000 + b"}", "invalid_json", BAD_JSON_MESSAGE),
+        (b'{"n": NaN}', "invalid_json", BAD_JSON_MESSAGE),
+        (b'{"a": ' * 150 + b"1" + b"}" * 150, "too_deep", "deeper than 100"),
+        (json.dumps({"rawJson": '{"a":' * 150 + "1" + "}" * 150}).encode(), "invalid_field", "rawJson is nested"),
     ],
 )
 def test_bad_bodies_get_400_naming_the_problem(make_client, mocker, body, error, detail_part):
@@ -249,6 +252,19 @@ def test_bad_bodies_get_400_naming_the_problem(make_client, mocker, body, error,
     assert response.json()["error"] == error
     assert detail_part in response.json()["detail"]
     assert create.call_count == 0
+
+
+def test_lone_surrogates_become_one_replacement_character(make_client, mocker):
+    """
+    Given a name holding a lone surrogate (valid as a JSON escape, not storable as UTF-8)
+    When it is POSTed
+    Then the incident name has one U+FFFD in its place, and the raw event keeps the escape.
+    """
+    create = mocker.spy(demisto, "createIncidents")
+    response = make_client().post("/", content=b'{"name": "a\\ud800b"}')
+    assert response.status_code == 200
+    assert create.call_args.args[0][0]["name"] == "a\ufffdb"
+    assert "\\ud800" in create.call_args.args[0][0]["rawJSON"]
 
 
 def test_utf8_bom_and_non_ascii_text_are_accepted(make_client, mocker):
