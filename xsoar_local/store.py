@@ -185,10 +185,11 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS incidents_instance ON incidents (instance, id)",
     "CREATE INDEX IF NOT EXISTS incidents_created ON incidents (created)",
-    "CREATE INDEX IF NOT EXISTS incidents_name ON incidents (name)",
-    "CREATE INDEX IF NOT EXISTS incidents_type ON incidents (type)",
-    "CREATE INDEX IF NOT EXISTS incidents_severity ON incidents (severity)",
-    "CREATE INDEX IF NOT EXISTS incidents_occurred ON incidents (occurred)",
+    # Only the indexes the read API uses: every index is paid for on each insert.
+    "DROP INDEX IF EXISTS incidents_name",
+    "DROP INDEX IF EXISTS incidents_type",
+    "DROP INDEX IF EXISTS incidents_severity",
+    "DROP INDEX IF EXISTS incidents_occurred",
     """CREATE TABLE IF NOT EXISTS integration_context (
         instance TEXT PRIMARY KEY,
         context TEXT NOT NULL,
