@@ -774,24 +774,28 @@ def _parse_text(text: str, media_type: str) -> tuple[list[dict[str, Any]], list[
 
 
 def _parse_ndjson(text: str) -> tuple[list[dict[str, Any]], list[str]]:
-    items: list[dict[str, Any]] = []
-    labels: list[str] = []
-    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a string
-        if not line.strip():
-            continue
-        try:
-            item = _loads(line)
-        except (ValueError, RecursionError):
-            raise RequestError(400, "invalid_json", f"Line {number} is not valid JSON: {BAD_JSON_MESSAGE}.") from None
-        if not isinstance(item, dict):
-            raise RequestError(
-                400, "invalid_item", f"Line {number} is {_json_kind(item)}: every line must be a JSON object."
-            )
-        items.append(item)
-        labels.append(f"Line {number}")
-    if not items:
+    # split on "\n" only, not splitlines(): U+2028 and friends may sit inside a JSON string
+    numbered = [(number, line) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    if not numbered:
         raise RequestError(400, "empty_body", "The NDJSON body has no lines: send one JSON object per line.")
+    try:  # fast path: one parse for the whole body; it must give exactly one value per line
+        items = _loads("[" + ",".join(line for _, line in numbered) + "]")
+    except (ValueError, RecursionError):
+        items = None
+    if items is None or len(items) != len(numbered):
+        items = [_ndjson_line(number, line) for number, line in numbered]  # finds the line that is wrong
+    labels = [f"Line {number}" for number, _ in numbered]
+    for item, label in zip(items, labels, strict=True):
+        if not isinstance(item, dict):
+            raise RequestError(400, "invalid_item", f"{label} is {_json_kind(item)}: every line must be a JSON object.")
     return items, labels
+
+
+def _ndjson_line(number: int, line: str) -> Any:
+    try:
+        return _loads(line)
+    except (ValueError, RecursionError):
+        raise RequestError(400, "invalid_json", f"Line {number} is not valid JSON: {BAD_JSON_MESSAGE}.") from None
 
 
 def _parse_form(text: str) -> dict[str, Any]:

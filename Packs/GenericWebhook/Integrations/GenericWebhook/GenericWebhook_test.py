@@ -1121,7 +1121,9 @@ def test_ndjson_of_1000_lines_is_one_create_call(make_client, mocker):
     assert len(response.json()) == 1000
 
 
-@pytest.mark.parametrize("bad_line", ['{"name": "broken"', "[1, 2]", '{"severity": "extreme"}'])
+@pytest.mark.parametrize(
+    "bad_line", ['{"name": "broken"', "[1, 2]", '{"severity": "extreme"}', '{"a": 1}, {"b": 2}', "7"]
+)
 def test_ndjson_bad_line_57_rejects_everything(make_client, mocker, bad_line):
     """
     Given a 100-line NDJSON body whose line 57 is broken JSON, not an object, or has a bad field
