@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import signal
 import socket
 import time
 from pathlib import Path
@@ -185,3 +186,45 @@ def test_idle_and_slow_head_connections_are_closed(launch: Launcher):
     finally:
         for sock in idle + slow:
             sock.close()
+
+
+def test_sigterm_writes_pending_samples_and_seen_keys(launch: Launcher):
+    """
+    Given an instance with samples and a dedup header, whose context writes are at most once a second
+    When two deliveries arrive within that second and the process gets SIGTERM (how docker stops it)
+    Then both seen keys and both samples are in the integration context after it exits.
+    """
+    instance = serving(launch, dedup_key="header:X-Id", store_samples="true")
+    with httpx.Client() as client:
+        for number in (1, 2):
+            headers = {"X-Id": f"id-{number}"}
+            response = client.post(instance.base_url, json={"name": f"event {number}"}, headers=headers)
+            assert response.status_code == 200
+    instance.process.send_signal(signal.SIGTERM)
+    instance.wait_exit(timeout=20)
+    context, _ = instance.store.get_integration_context(instance.name)
+    assert set(json.loads(context["dedup_keys"])) == {"h:id-1", "h:id-2"}
+    assert [sample["name"] for sample in json.loads(context["sample_events"])] == ["event 1", "event 2"]
+
+
+def test_pipelined_body_does_not_count_against_the_next_head(launch: Launcher):
+    """
+    Given a connection that pipelines a 200 KB POST and the start of a second request in the same write
+    When the server reads them
+    Then the first request is answered 200 (the body bytes are not counted as the second request's head).
+    """
+    instance = serving(launch)
+    body = json.dumps({"name": "big", "pad": "x" * 200_000}).encode()
+    first = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n" + (
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+    )
+    with socket.create_connection((LOOPBACK, instance.port), timeout=10) as sock:
+        sock.sendall(first + body[:130_000])
+        sock.sendall(body[130_000:] + b"POST / HTTP/1.1\r\nHost: t\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]

@@ -51,6 +51,7 @@ KEEP_ALIVE_SECONDS = 5
 MAX_HEADER_BYTES = 64 * 1024
 INFLATE_STEP_BYTES = 256 * 1024
 MAX_JSON_DEPTH = 100
+MAX_BUFFERED_BYTES = 256 * 1024 * 1024  # request bodies held at once, across all requests
 DEFAULT_BIND_HOST = "0.0.0.0"  # the platform reaches the container on its listen port from outside
 BIND_HOST_ENV = "GENERIC_WEBHOOK_BIND_HOST"
 TEXT_KEY = "text"  # where a text/plain body goes in the raw event
@@ -650,26 +651,34 @@ def decode_content(body: bytes, content_encoding: str, config: WebhookConfig) ->
             "unsupported_encoding",
             f"Content-Encoding `{content_encoding[:40]}` is not supported: send gzip, deflate or no encoding.",
         )
-    inflater = zlib.decompressobj(wbits)
     pieces: list[bytes] = []
     size = 0
     pending = body
     try:
-        while True:  # small steps: a bomb is refused after at most max_body_bytes of output, never more
-            piece = inflater.decompress(pending, INFLATE_STEP_BYTES)
-            size += len(piece)
-            if size > config.max_body_bytes:
-                raise too_large(config, "decompressed body")
-            pieces.append(piece)
-            pending = inflater.unconsumed_tail
-            if not pending and len(piece) < INFLATE_STEP_BYTES:
+        while True:  # one gzip member after another: log shippers concatenate them
+            inflater = zlib.decompressobj(wbits)
+            while True:  # small steps: a bomb is refused after at most max_body_bytes of output, never more
+                piece = inflater.decompress(pending, INFLATE_STEP_BYTES)
+                size += len(piece)
+                if size > config.max_body_bytes:
+                    raise too_large(config, "decompressed body")
+                pieces.append(piece)
+                pending = inflater.unconsumed_tail
+                if not pending and len(piece) < INFLATE_STEP_BYTES:
+                    break
+            tail = inflater.flush()
+            size += len(tail)
+            pieces.append(tail)
+            if not inflater.eof:
+                raise RequestError(400, "invalid_encoding", f"The {encoding} body is truncated.")
+            pending = inflater.unused_data
+            if not pending:
                 break
-        pieces.append(inflater.flush())
+            if wbits != 31:
+                raise RequestError(400, "invalid_encoding", f"The {encoding} body has data after its end.")
     except zlib.error:
         raise RequestError(400, "invalid_encoding", f"The body is not valid {encoding} data.") from None
-    if not inflater.eof:
-        raise RequestError(400, "invalid_encoding", f"The {encoding} body is truncated.")
-    if size + len(pieces[-1]) > config.max_body_bytes:
+    if size > config.max_body_bytes:
         raise too_large(config, "decompressed body")
     return b"".join(pieces)
 
@@ -778,11 +787,15 @@ def _parse_ndjson(text: str) -> tuple[list[dict[str, Any]], list[str]]:
     numbered = [(number, line) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
     if not numbered:
         raise RequestError(400, "empty_body", "The NDJSON body has no lines: send one JSON object per line.")
-    try:  # fast path: one parse for the whole body; it must give exactly one value per line
-        items = _loads("[" + ",".join(line for _, line in numbered) + "]")
+    try:  # fast path: one parse; each line wrapped in its own [...] must come back as a list of one value,
+        # which a value spilling over into the next line cannot do
+        wrapped = _loads("[[" + "],[".join(line for _, line in numbered) + "]]")
     except (ValueError, RecursionError):
-        items = None
-    if items is None or len(items) != len(numbered):
+        wrapped = None
+    one_each = wrapped is not None and len(wrapped) == len(numbered)
+    if one_each and all(isinstance(value, list) and len(value) == 1 for value in wrapped):  # type: ignore[union-attr]
+        items = [value[0] for value in wrapped]
+    else:
         items = [_ndjson_line(number, line) for number, line in numbered]  # finds the line that is wrong
     labels = [f"Line {number}" for number, _ in numbered]
     for item, label in zip(items, labels, strict=True):
@@ -1220,10 +1233,15 @@ class IncidentSink:
 
         incidents = [incident for position in to_create for incident in units[position].incidents]
         created = (demisto.createIncidents(incidents) or []) if incidents else []
+        if len(created) != len(incidents):
+            # The server created them but did not answer one incident per incident sent (a pre-process rule
+            # may drop some): nothing can be matched to its request, so each request gets an empty list.
+            demisto.debug(f"Generic Webhook: createIncidents answered {len(created)} for {len(incidents)} sent")
+            created = [{}] * len(incidents)
         offset = 0
         for position in to_create:
             count = len(units[position].incidents)
-            results[position] = UnitResult(created[offset : offset + count])
+            results[position] = UnitResult([item for item in created[offset : offset + count] if item])
             offset += count
         for position, unit in enumerate(units):
             if results[position] is None and unit.key is not None:
@@ -1392,6 +1410,7 @@ class Admission:
         self.rate_limit = rate_limit_per_minute
         self.clock = clock
         self.in_flight = 0
+        self.buffered_bytes = 0
         self._window_start = 0.0
         self._counts: dict[str, int] = {}
 
@@ -1422,6 +1441,20 @@ class Admission:
 
     def leave(self) -> None:
         self.in_flight -= 1
+
+    def hold(self, size: int) -> None:
+        """Counts body bytes held in memory; over MAX_BUFFERED_BYTES across all requests, 503 for this one."""
+        if self.buffered_bytes + size > MAX_BUFFERED_BYTES:
+            raise RequestError(
+                503,
+                "overloaded",
+                "Too much request data is being received at once: retry shortly.",
+                {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)},
+            )
+        self.buffered_bytes += size
+
+    def release(self, size: int) -> None:
+        self.buffered_bytes -= size
 
 
 class Metrics:
@@ -1509,9 +1542,11 @@ def error_response(status: int, error: str, detail: str, headers: dict[str, str]
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
-async def read_body(receive: Callable, headers: dict[bytes, bytes], config: WebhookConfig) -> bytes:
+async def read_body(
+    receive: Callable, headers: dict[bytes, bytes], config: WebhookConfig, hold: Callable[[int], None]
+) -> bytes:
     """Reads the body, refusing it with 413 as soon as it passes the limit, with or without Content-Length,
-    and with 408 when the client stops sending mid-body."""
+    and with 408 when the client stops sending mid-body. `hold` accounts for every chunk kept in memory."""
     length = headers.get(b"content-length", b"")
     if length.isdigit() and int(length) > config.max_body_bytes:
         raise too_large(config, "body")
@@ -1537,6 +1572,7 @@ async def read_body(receive: Callable, headers: dict[bytes, bytes], config: Webh
         size += len(chunk)
         if size > config.max_body_bytes:
             raise too_large(config, "body")
+        hold(len(chunk))
         chunks.append(chunk)
         more_body = message.get("more_body", False)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -1641,8 +1677,15 @@ class WebhookIntake:
             self.admission.enter(address)
         except RequestError as error:
             return self._error(error)
+        held = 0
+
+        def hold(size: int) -> None:
+            nonlocal held
+            self.admission.hold(size)
+            held += size
+
         try:
-            created = await self.receive_events(scope, receive)
+            created = await self.receive_events(scope, receive, hold)
         except RequestError as error:
             self.metrics.count_error(error)
             return self._error(error)
@@ -1650,6 +1693,7 @@ class WebhookIntake:
             self.log_error(f"Generic Webhook: unexpected error: {error}\n{traceback.format_exc()}")
             return self._error(RequestError(500, "internal_error", "The request could not be processed."))
         finally:
+            self.admission.release(held)
             self.admission.leave()
         return 200, [], json.dumps(created).encode()
 
@@ -1658,12 +1702,12 @@ class WebhookIntake:
         headers = [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in error.headers.items()]
         return error.status, headers, json.dumps({"error": error.error, "detail": error.detail}).encode()
 
-    async def receive_events(self, scope: dict, receive: Callable) -> list[dict[str, Any]]:
+    async def receive_events(self, scope: dict, receive: Callable, hold: Callable[[int], None]) -> list[dict[str, Any]]:
         config = self.config
         raw_headers = scope["headers"]
         headers = dict(raw_headers)
         authenticate(config, headers)
-        body = await read_body(receive, headers, config)
+        body = await read_body(receive, headers, config, hold)
         self.metrics.bytes_received += len(body)
         if config.signature is not None:
             verify_signature(config.signature, headers, body, self.clock())
@@ -1745,8 +1789,6 @@ class RequestMonitor:
         self.app = app
         self.write = write
         self.metrics = metrics
-        self.log_buffer: LogBuffer | None = None
-        self.sink: IncidentSink | None = None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -1771,7 +1813,9 @@ class RequestMonitor:
             for key, value in scope["headers"]:
                 if key == b"user-agent":
                     agent = value.decode("latin-1")
-            request_line = f"{scope['method']} {scope['path']} HTTP/{scope.get('http_version', '1.1')}"
+            # the raw (still percent-encoded) path: a decoded %0A could forge log lines
+            path = (scope.get("raw_path") or scope["path"].encode("unicode_escape")).decode("latin-1")
+            request_line = f"{scope['method']} {path} HTTP/{scope.get('http_version', '1.1')}"
             self.write(f'{client[0]}:{client[1]} - "{request_line}" {status} {elapsed * 1000:.1f}ms "{agent}"')
 
 
@@ -1845,7 +1889,7 @@ def bind_listen_socket(port: int) -> socket.socket:
     return sock
 
 
-def make_webhook_app(config: WebhookConfig, executor: ThreadPoolExecutor) -> RequestMonitor:
+def make_webhook_app(config: WebhookConfig, executor: ThreadPoolExecutor) -> "WebhookApp":
     """Wires the app to the platform: every demisto call (incidents, context, logs) runs on `executor`."""
     integration_logger = IntegrationLogger()
     integration_logger.set_buffering(False)
@@ -1868,10 +1912,41 @@ def make_webhook_app(config: WebhookConfig, executor: ThreadPoolExecutor) -> Req
     metrics = Metrics()
     sink = IncidentSink(config)
     batcher = IncidentBatcher(sink, executor, config.batch_max_incidents, config.batch_max_wait_ms)
-    app = RequestMonitor(WebhookIntake(config, batcher, metrics, log_error), log_info, metrics)
-    app.log_buffer = log_info
-    app.sink = sink
-    return app
+    monitor = RequestMonitor(WebhookIntake(config, batcher, metrics, log_error), log_info, metrics)
+    return WebhookApp(monitor, executor, log_info, sink)
+
+
+class WebhookApp:
+    """The ASGI app uvicorn serves. On lifespan shutdown it writes what is still buffered (access-log lines,
+    samples, seen delivery keys) on the demisto worker thread: uvicorn runs that before it lets a SIGTERM end
+    the process, which a `finally` after `Server.run` would not see."""
+
+    def __init__(self, app: Any, executor: ThreadPoolExecutor, log_buffer: LogBuffer, sink: IncidentSink) -> None:
+        self.app = app
+        self.executor = executor
+        self.log_buffer = log_buffer
+        self.sink = sink
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.flush()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        for flush in (self.log_buffer.flush, self.sink.flush):
+            try:
+                await loop.run_in_executor(self.executor, flush)
+            except Exception as error:  # shutting down: log and go on
+                await loop.run_in_executor(self.executor, demisto.error, f"Generic Webhook: flush failed: {error}")
 
 
 def guarded_http_protocol() -> Any:
@@ -1883,6 +1958,9 @@ def guarded_http_protocol() -> Any:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
         return "h11"
+    needed = ("connection_made", "connection_lost", "data_received", "on_message_begin", "on_headers_complete")
+    if not all(callable(getattr(HttpToolsProtocol, name, None)) for name in needed):
+        return "auto"  # a uvicorn whose internals differ: serve unguarded rather than not at all
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
@@ -1903,8 +1981,11 @@ def guarded_http_protocol() -> Any:
                 self.transport.close()
 
         def data_received(self, data: bytes) -> None:
+            # Count only data that arrives while a head is being read: with pipelining, a chunk that starts
+            # in the previous request's body is not the next head's (that head is counted from its next chunk).
+            counts = self._reading_head
             super().data_received(data)
-            if self._reading_head and not self.transport.is_closing():
+            if counts and self._reading_head and not self.transport.is_closing():
                 self._head_bytes += len(data)
                 if self._head_bytes > MAX_HEADER_BYTES:
                     body = json.dumps(
@@ -1972,19 +2053,15 @@ def serve(config: WebhookConfig) -> None:
     sock = bind_listen_socket(config.port)
     # One worker thread: the platform's channel is one serial pipe, and no demisto call may block the event loop.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="demisto")
-    app = None
     try:
-        app = make_webhook_app(config, executor)
-        server_config = server_config_for(config, app)
+        server_config = server_config_for(config, make_webhook_app(config, executor))
         scheme = "HTTPS" if config.tls else "HTTP"
         executor.submit(demisto.updateModuleHealth, f"Listening on port {config.port} ({scheme}).", False)
-        uvicorn.Server(server_config).run(sockets=[sock])
+        uvicorn.Server(server_config).run(sockets=[sock])  # buffered state is flushed on lifespan shutdown
     finally:
         sock.close()
-        if app is not None:  # what is still buffered: access-log lines, samples and seen delivery keys
-            executor.submit(app.log_buffer.flush)  # type: ignore[union-attr]
-            executor.submit(app.sink.flush)  # type: ignore[union-attr]
-        executor.shutdown(wait=True)
+        # A demisto call that hangs must not keep the restart loop from going on.
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 """ COMMANDS """

@@ -522,6 +522,33 @@ def test_create_incidents_failure_answers_503_with_retry_after(make_client, mock
     assert any("server unavailable" in call.args[0] for call in errors.call_args_list)
 
 
+def test_created_count_mismatch_gives_nobody_foreign_incidents(executor, mocker):
+    """
+    Given a server whose createIncidents answers fewer incidents than it was sent (a rule dropped one)
+    When two requests are created in one batch
+    Then both are answered 200 with an empty list rather than with each other's incidents.
+    """
+    mocker.patch.object(demisto, "createIncidents", return_value=[{"id": "9", "name": "b"}])
+    sink = GenericWebhook.IncidentSink(WebhookConfig.from_params(PORT_PARAMS))
+    results = sink([GenericWebhook.Unit([{"name": "a"}]), GenericWebhook.Unit([{"name": "b"}])])
+    assert [result.incidents for result in results] == [[], []]
+
+
+def test_buffered_body_bytes_are_capped_across_requests(make_client, mocker):
+    """
+    Given a cap on body bytes held at once across requests
+    When a request would pass it
+    Then it gets 503 overloaded with Retry-After, and the bytes held are released afterwards.
+    """
+    mocker.patch.object(GenericWebhook, "MAX_BUFFERED_BYTES", 100)
+    client = make_client()
+    response = client.post("/", content=json.dumps({"name": "x" * 200}).encode())
+    assert response.status_code == 503
+    assert response.json()["error"] == "overloaded"
+    assert response.headers["Retry-After"] == "1"
+    assert client.post("/", json={"name": "small"}).status_code == 200
+
+
 def test_concurrent_requests_are_not_serialized(executor, mocker):
     """
     Given createIncidents takes 0.5 s per call (a blocking round trip to the server)
@@ -637,6 +664,9 @@ def test_access_log_has_user_agent_and_no_credentials():
     assert '"POST /hook HTTP/1.1" 201' in lines[0]
     assert '"curl/8.5"' in lines[0]
     assert "c2VjcmV0" not in lines[0]
+    client.post("/x%0A2026-01-01 INFO forged")
+    assert "\n" not in lines[1]
+    assert "/x%0A2026-01-01" in lines[1]
 
 
 # ---------------------------------------------------------------- test-module
@@ -1094,6 +1124,23 @@ def test_gzip_and_deflate_bodies(make_client, mocker):
     assert truncated.status_code == 400
 
 
+def test_concatenated_gzip_members_are_all_read(make_client, mocker):
+    """
+    Given an NDJSON body made of two gzip members (as log shippers send)
+    When it is POSTed with Content-Encoding gzip
+    Then both events are created; garbage after a deflate stream is refused.
+    """
+    create = mocker.spy(demisto, "createIncidents")
+    client = make_client()
+    body = gzip.compress(b'{"name": "first"}\n') + gzip.compress(b'{"name": "second"}\n')
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/x-ndjson"}
+    assert client.post("/", content=body, headers=headers).status_code == 200
+    assert [incident["name"] for incident in create.call_args.args[0]] == ["first", "second"]
+    trailing = client.post("/", content=zlib.compress(b'{"a": 1}') + b"junk", headers={"Content-Encoding": "deflate"})
+    assert trailing.status_code == 400
+    assert trailing.json()["error"] == "invalid_encoding"
+
+
 def test_gzip_bomb_is_refused_without_inflating_it(make_client):
     """
     Given max_body_mb 1
@@ -1122,7 +1169,8 @@ def test_ndjson_of_1000_lines_is_one_create_call(make_client, mocker):
 
 
 @pytest.mark.parametrize(
-    "bad_line", ['{"name": "broken"', "[1, 2]", '{"severity": "extreme"}', '{"a": 1}, {"b": 2}', "7"]
+    "bad_line",
+    ['{"name": "broken"', "[1, 2]", '{"severity": "extreme"}', '{"a": 1}, {"b": 2}', "7", '{"x":1},{"y":[1'],
 )
 def test_ndjson_bad_line_57_rejects_everything(make_client, mocker, bad_line):
     """
@@ -1137,6 +1185,18 @@ def test_ndjson_bad_line_57_rejects_everything(make_client, mocker, bad_line):
     assert response.status_code == 400
     assert "Line 57" in response.json()["detail"]
     assert create.call_count == 0
+
+
+def test_ndjson_value_spilling_into_the_next_line_is_refused(make_client):
+    """
+    Given NDJSON whose first line is not a JSON value on its own but completes with the second line
+    When it is POSTed
+    Then it gets 400 naming line 1 (the one-parse fast path must not accept it).
+    """
+    body = '{"x":1},{"y":[1\n2]}'
+    response = make_client().post("/", content=body, headers={"Content-Type": "application/x-ndjson"})
+    assert response.status_code == 400
+    assert "Line 1" in response.json()["detail"]
 
 
 def test_max_items(make_client, mocker):
