@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 from helpers import ECHO_PACK, build_pack_zip, run_cli, start_platform, write_config
 
@@ -70,6 +71,31 @@ def test_installing_something_that_is_not_a_pack_is_refused(tmp_path: Path) -> N
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0
     assert "holds no integration" in result.stderr
+
+
+@pytest.mark.parametrize("pack_id", ["../../victim", "..", "a/b", ".hidden", "with space"])
+def test_a_zip_whose_pack_id_is_not_a_plain_name_is_refused(tmp_path: Path, pack_id: str) -> None:
+    """Given a zip whose metadata.json id would lead outside the packs folder, when installed, then it is
+    refused in one line and nothing outside the packs folder is touched."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep")
+    original = build_pack_zip(ECHO_PACK, tmp_path / "EchoWebhook.zip")
+    pack_zip = tmp_path / "Evil.zip"
+    with zipfile.ZipFile(original) as source, zipfile.ZipFile(pack_zip, "w") as archive:
+        for name in source.namelist():
+            data = json.dumps({"id": pack_id}).encode() if name == "metadata.json" else source.read(name)
+            archive.writestr(name, data)
+    # The packs folder is <tmp_path>/data/packs, so "../../victim" is <tmp_path>/victim.
+    config = write_config(tmp_path, [], packs=[])
+
+    result = run_cli("install", pack_zip, "--config", config)
+
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "cannot name a folder" in result.stderr
+    assert (victim / "keep.txt").read_text() == "keep"
+    assert yaml.safe_load(config.read_text())["packs"] == []
 
 
 def test_samples_returns_the_events_stored_for_mapping(tmp_path: Path) -> None:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from helpers import Platform, run_cli, start_platform, write_config
+
+from xsoar_local.api import PlatformView, create_api
+from xsoar_local.auth import api_key_header
+from xsoar_local.config import ServerConfig
+from xsoar_local.store import MemoryStore
 
 API_KEY = "test-api-key-1234"
 
@@ -203,6 +211,13 @@ def test_incident_filters_and_errors(platform: Platform, caller: httpx.Client) -
     missing = platform.client.get("/incidents/999999")
     assert missing.status_code == 404
     assert missing.json()["error"] == "unknown incident"
+    for incident_id in ("99999999999999999999", "1_0", f"0{first['id']}", f"+{first['id']}", "-1"):
+        response = platform.client.get(f"/incidents/{incident_id}")
+        assert (response.status_code, response.json()["error"]) == (404, "unknown incident"), incident_id
+    for since in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        response = platform.client.get("/incidents", params={"since": since})
+        assert (response.status_code, response.json()["error"]) == (400, "invalid request"), since
+        assert "since" in response.json()["detail"]
 
 
 def test_an_upstream_timeout_is_504(caller: httpx.Client) -> None:
@@ -244,3 +259,35 @@ def test_status_command_shows_the_running_instances(platform: Platform) -> None:
     assert lines[0].split()[:3] == ["INSTANCE", "STATUS", "PORT"]
     assert any(line.split()[:2] == ["echo", "running"] for line in lines)
     assert any(line.split()[:2] == ["off", "disabled"] for line in lines)
+
+
+def test_a_non_ascii_api_key_is_accepted_as_utf_8_in_every_header() -> None:
+    """Header values reach the app latin-1-decoded (ASGI); a UTF-8 key sent as its UTF-8 bytes must match."""
+    key = "schlüssel-ключ"
+    on_the_wire = key.encode("utf-8").decode("latin-1")
+    basic = "Basic " + base64.b64encode(f"anyone:{key}".encode()).decode()
+
+    assert api_key_header({"x-api-key": on_the_wire}, key) == "x-api-key"
+    assert api_key_header({"authorization": on_the_wire}, key) == "authorization"
+    assert api_key_header({"authorization": basic}, key) == "authorization"
+    assert api_key_header({"x-api-key": key.encode("utf-8")[:-1].decode("latin-1")}, key) is None
+    assert api_key_header({"x-api-key": "plain"}, "plain") == "x-api-key"
+
+
+def test_an_unexpected_api_failure_is_a_500_without_the_exception_text(caplog: pytest.LogCaptureFixture) -> None:
+    class FailingStore(MemoryStore):
+        def list_incidents(self, **_: Any) -> list[dict[str, Any]]:
+            raise RuntimeError("secret detail /home/me/.xsoar-local")
+
+    class NoSupervisor:
+        processes: dict[str, Any] = {}
+
+    app = create_api(PlatformView([], NoSupervisor(), FailingStore(), "http://x"), ServerConfig())  # type: ignore[arg-type]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/incidents")
+
+    assert response.status_code == 500
+    assert response.json()["error"] == "internal error"
+    assert "secret" not in response.text
+    assert "RuntimeError" not in response.text
+    assert "secret detail" in caplog.text

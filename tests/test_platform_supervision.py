@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 from pathlib import Path
 
 import httpx
 from helpers import start_platform, store_integrity, tagged_processes, wait_until, write_config
+
+from xsoar_local.masking import secret_values
+from xsoar_local.supervisor import _exit_reason
 
 
 def test_a_killed_instance_is_503_then_restarted_and_health_says_so(tmp_path: Path) -> None:
@@ -111,3 +115,28 @@ def test_instances_stop_even_when_the_platform_is_killed(tmp_path: Path) -> None
     platform.stop(signal.SIGKILL)
 
     wait_until(lambda: not tagged_processes(platform.tag), timeout=10, what="the orphaned instance to stop")
+
+
+def test_the_exit_reason_masks_the_instance_secrets(tmp_path: Path) -> None:
+    """Given a crash whose last stderr line holds the instance's password, token and Basic credentials, when the
+    exit reason is made (shown as last_exit and stored as module health), then each secret is masked."""
+    params = {
+        "credentials": {"identifier": "admin", "password": "hunter2-pass"},
+        "api_token": "tok-123456",
+        "use_secret_header": "true",
+        "longRunningPort": 8000,
+        "name": "visible",
+    }
+    basic = base64.b64encode(b"admin:hunter2-pass").decode()
+    log_path = tmp_path / "instance.log"
+    log_path.write_text(
+        "--- starting\nTraceback (most recent call last):\n"
+        f"ValueError: login hunter2-pass failed with tok-123456, Basic {basic}, visible on port 8000\n"
+    )
+
+    reason = _exit_reason(1, log_path, secret_values(params))
+
+    assert reason == (
+        "exited with code 1: ValueError: login <XX_REPLACED> failed with <XX_REPLACED>,"
+        " Basic <XX_REPLACED>, visible on port 8000"
+    )

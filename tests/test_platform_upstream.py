@@ -8,6 +8,9 @@ from typing import Any
 
 import pytest
 
+from xsoar_local.config import ServerConfig
+from xsoar_local.gateway import Reroute
+from xsoar_local.supervisor import InstanceState
 from xsoar_local.upstream import (
     UpstreamConnectError,
     UpstreamPool,
@@ -136,6 +139,8 @@ def test_a_pooled_connection_the_instance_closed_is_replaced_transparently() -> 
         server, port, connections = await serve(one_answer_per_connection)
         pool = UpstreamPool(read_timeout=5)
         assert await body_of(pool, port) == (200, b"ok")
+        # The close has reached the pool: the connection is dropped before the POST could go on it.
+        await asyncio.sleep(0.05)
         assert await body_of(pool, port, "POST", body=chunks(b"{}"), length=2) == (200, b"ok")
         assert len(connections) == 2
         server.close()
@@ -164,5 +169,220 @@ def test_errors_are_typed_for_the_gateway() -> None:
         bad_server.close()
         with pytest.raises(UpstreamConnectError):
             await body_of(pool, bad_port)
+
+    run(scenario())
+
+
+def test_a_failed_new_connection_is_never_retried_and_a_pooled_one_only_when_safe() -> None:
+    """Given an instance that reads a request and closes without answering, when the request went on a new
+    connection, then it is not sent again; on a pooled connection, a GET is sent again but a POST is not."""
+    received: list[bytes] = []
+
+    async def answers_once_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Answers the first request of a connection (unless its path is /drop), then reads the next one and
+        # closes without answering.
+        head, _ = await read_request(reader)
+        received.append(head.split(b" ")[0])
+        if b" /drop " in head:
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        head, _ = await read_request(reader)
+        received.append(head.split(b" ")[0])
+
+    async def scenario() -> None:
+        server, port, connections = await serve(answers_once_per_connection)
+        pool = UpstreamPool(read_timeout=5)
+        with pytest.raises(UpstreamProtocolError):
+            await pool.request(port, "GET", "/drop", [], None, None)
+        with pytest.raises(UpstreamProtocolError):
+            await pool.request(port, "POST", "/drop", [], chunks(b"{}"), 2)
+        assert received == [b"GET", b"POST"]
+        assert len(connections) == 2
+
+        received.clear()
+        assert await body_of(pool, port) == (200, b"ok")
+        assert await body_of(pool, port) == (200, b"ok")
+        assert received == [b"GET", b"GET", b"GET"]
+        assert len(connections) == 4
+
+        received.clear()
+        with pytest.raises(UpstreamProtocolError):
+            await pool.request(port, "POST", "/", [], chunks(b"{}"), 2)
+        assert received == [b"POST"]
+        assert len(connections) == 4
+        await pool.aclose()
+        server.close()
+
+    run(scenario())
+
+
+def test_a_slow_upload_does_not_count_against_the_read_timeout() -> None:
+    """Given a read timeout of 0.5 s, when the caller takes 1.5 s to upload a large body, then the instance's
+    answer after the upload is relayed; a silent instance still times out once the upload is done."""
+
+    async def reads_then_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, body = await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d" % (len(str(len(body))), len(body)))
+        await writer.drain()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"x" * 100_000
+            await asyncio.sleep(0.15)
+
+    async def scenario() -> None:
+        server, port, _ = await serve(reads_then_answers)
+        pool = UpstreamPool(read_timeout=0.5)
+        assert await body_of(pool, port, "POST", body=slow_body(), length=1_000_000) == (200, b"1000000")
+        await pool.aclose()
+        server.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("size_line", [b"+5", b"0x5", b" 5", b"5_0", b"-5", b""])
+def test_a_malformed_chunk_size_is_a_protocol_error(size_line: bytes) -> None:
+    async def bad_chunks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size_line + b"\r\nhello\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async def scenario() -> None:
+        server, port, _ = await serve(bad_chunks)
+        pool = UpstreamPool(read_timeout=5)
+        with pytest.raises(UpstreamProtocolError):
+            await body_of(pool, port)
+        server.close()
+
+    run(scenario())
+
+
+# The gateway (the reroute's ASGI app) in front of a scripted instance.
+
+
+class _Instance:
+    name = "x"
+    supervised = enabled = True
+
+    def __init__(self, port: int) -> None:
+        self.listen_port = port
+
+
+class _Process:
+    state = InstanceState.RUNNING
+
+    def retry_after(self) -> int:
+        return 1
+
+
+class _Supervisor:
+    def get(self, name: str) -> _Process:
+        return _Process()
+
+
+async def through_gateway(
+    port: int, path: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[int, list[tuple[bytes, bytes]], list[dict[str, Any]]]:
+    """One GET through the reroute to `path` of the instance on `port`: status, headers, and the body messages
+    sent to the caller, each with the loop time it was sent at."""
+    server = ServerConfig(config={"instance.execute.external": "true"}, upstream_timeout=5)
+    pool = UpstreamPool(read_timeout=5)
+    app = Reroute([_Instance(port)], _Supervisor(), server, pool)  # type: ignore[list-item, arg-type]
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/instance/execute/x" + path.decode(),
+        "raw_path": b"/instance/execute/x" + path,
+        "query_string": b"",
+        "headers": [(b"host", b"gw:1"), *(headers or [])],
+        "client": ("10.0.0.9", 5000),
+        "scheme": "http",
+    }
+    start: dict[str, Any] = {}
+    bodies: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+        else:
+            bodies.append({**message, "at": asyncio.get_running_loop().time()})
+
+    await app(scope, receive, send)
+    await pool.aclose()
+    return start["status"], start["headers"], bodies
+
+
+def test_the_gateway_relays_framing_and_headers_correctly() -> None:
+    """Chunked + Content-Length: no Content-Length relayed; 304: no Content-Length; headers the instance names
+    in Connection (any case) are dropped; a bad or repeated Content-Length is 502; the caller's own
+    X-Forwarded-Host/Proto are replaced by the gateway's, X-Forwarded-For gets the caller added."""
+    answers = {
+        b"/chunked": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: X-Secret\r\nx-secret: s\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"/304": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nETag: x\r\n\r\n",
+        b"/bad-length": b"HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok",
+        b"/two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+    }
+    seen: list[bytes] = []
+
+    async def scripted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await read_request(reader)
+        seen.append(head)
+        writer.write(answers[head.split(b" ")[1]])
+        await writer.drain()
+
+    async def scenario() -> None:
+        server, port, _ = await serve(scripted)
+        status, headers, bodies = await through_gateway(
+            port,
+            b"/chunked",
+            [(b"x-forwarded-host", b"evil"), (b"x-forwarded-proto", b"https"), (b"x-forwarded-for", b"1.2.3.4")],
+        )
+        assert status == 200
+        assert b"content-length" not in dict(headers)
+        assert b"x-secret" not in dict(headers)
+        assert b"".join(item["body"] for item in bodies) == b"hello"
+        sent = dict(line.lower().split(b": ", 1) for line in seen[-1].split(b"\r\n")[1:] if line)
+        assert sent[b"x-forwarded-host"] == b"gw:1"
+        assert sent[b"x-forwarded-proto"] == b"http"
+        assert sent[b"x-forwarded-for"] == b"1.2.3.4, 10.0.0.9"
+        assert seen[-1].lower().count(b"x-forwarded-") == 3
+
+        status, headers, _ = await through_gateway(port, b"/304")
+        assert status == 304
+        assert b"content-length" not in dict(headers)
+        for path in (b"/bad-length", b"/two-lengths"):
+            status, _, _ = await through_gateway(port, path)
+            assert status == 502, path
+        server.close()
+
+    run(scenario())
+
+
+def test_the_gateway_relays_each_chunk_as_it_arrives() -> None:
+    """Given an instance that sends a chunk, pauses 0.5 s, then sends the rest, when rerouted, then the first
+    chunk reaches the caller before the pause ends."""
+
+    async def streaming(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async def scenario() -> None:
+        server, port, _ = await serve(streaming)
+        status, _, bodies = await through_gateway(port, b"/")
+        assert status == 200
+        assert b"".join(item["body"] for item in bodies) == b"firstsecond"
+        first = next(item for item in bodies if item["body"] == b"first")
+        assert bodies[-1]["at"] - first["at"] >= 0.4
+        assert bodies[-1]["more_body"] is False
+        server.close()
 
     run(scenario())

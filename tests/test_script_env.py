@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from CommonServerPython import (
     tableToMarkdown,
 )
 from pytest_mock import MockerFixture
+
+from xsoar_local.runner import run_script, runner_env
 
 SCRIPT_ENV = Path(__file__).resolve().parents[1] / "xsoar_local" / "script_env"
 
@@ -192,6 +195,30 @@ def test_update_module_health_accepts_text_and_dicts() -> None:
     assert (demisto.get_store().get_module_health("local") or {})["message"] == '{"eventsPulled": 3}'
 
 
+def test_values_that_are_not_json_raise_like_a_server_round_trip() -> None:
+    """
+    Given: values JSON cannot hold (a datetime, a set)
+    When: returning them as results or incidents, or storing them as context, last run or module health
+    Then: TypeError, as the real server's JSON round trip would fail, and nothing is recorded or stored
+    """
+    moment = datetime.now()
+    for call in (
+        lambda: demisto.results({"when": moment}),
+        lambda: demisto.incidents([{"name": "x", "tags": {"a"}}]),
+        lambda: demisto.setIntegrationContext({"when": moment}),
+        lambda: demisto.setLastRun({"when": moment}),
+        lambda: demisto.updateModuleHealth({"when": moment}),
+        lambda: demisto.createIncidents([{"name": "x", "occurred": moment}]),
+    ):
+        with pytest.raises(TypeError):
+            call()
+    assert demisto.RESULTS == []
+    assert demisto.INCIDENTS == []
+    assert demisto.getIntegrationContext() == {}
+    assert demisto.getLastRun() == {}
+    assert demisto.get_store().get_module_health("local") is None
+
+
 def test_return_results_records_entries() -> None:
     """
     Given: a string, a CommandResults and a list
@@ -221,7 +248,7 @@ def test_table_to_markdown() -> None:
 # --- return_error ---
 
 
-@pytest.mark.parametrize("command", ["long-running-execution", "fetch-incidents"])
+@pytest.mark.parametrize("command", ["long-running-execution", "fetch-incidents", "fetch-indicators"])
 def test_return_error_raises_in_long_running_and_fetch(mocker: MockerFixture, command: str) -> None:
     """
     Given: the long-running-execution or fetch-incidents command
@@ -424,19 +451,26 @@ def test_arg_to_boolean(value: Any, expected: bool) -> None:
     assert argToBoolean(value) is expected
 
 
-@pytest.mark.parametrize("value", ["maybe", "", None, 1])
-def test_arg_to_boolean_rejects_other_values(value: Any) -> None:
+@pytest.mark.parametrize("value", ["maybe", "", " true", "false\n"])
+def test_arg_to_boolean_rejects_other_text(value: Any) -> None:
     """
-    Given: a value that is not boolean-like
+    Given: text that is not boolean-like (whitespace is not stripped, as in the real CSP)
     When: converting it
     Then: ValueError
     """
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^Argument does not contain a valid boolean-like value$"):
+        argToBoolean(value)
+
+
+@pytest.mark.parametrize("value", [None, 1, 0.0, ["true"]])
+def test_arg_to_boolean_rejects_what_is_neither_text_nor_bool(value: Any) -> None:
+    with pytest.raises(ValueError, match=r"^Argument is neither a string nor a boolean$"):
         argToBoolean(value)
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [("8000", 8000), (42, 42), ("3.0", 3), (2.7, 2), ("-5", -5), (None, None), ("", None)]
+    ("value", "expected"),
+    [("8000", 8000), (42, 42), ("3.0", 3), ("2.7", 2), ("-5", -5), (None, None), ("", None), (True, True)],
 )
 def test_arg_to_number(value: Any, expected: int | None) -> None:
     """
@@ -457,6 +491,52 @@ def test_arg_to_number_errors_name_the_argument() -> None:
         arg_to_number("eighty", "longRunningPort")
     with pytest.raises(ValueError, match="longRunningPort"):
         arg_to_number(None, "longRunningPort", required=True)
+
+
+def test_arg_to_number_is_as_strict_as_the_real_one() -> None:
+    """
+    Given: a float, and invalid or missing values without an argument name
+    When: converting them
+    Then: ValueError, with the real CSP's messages
+    """
+    with pytest.raises(ValueError, match=r'^Invalid number: "limit"="2.7"$'):
+        arg_to_number(2.7, "limit")
+    with pytest.raises(ValueError, match=r'^"2.7" is not a valid number$'):
+        arg_to_number(2.7)
+    with pytest.raises(ValueError, match=r'^"eighty" is not a valid number$'):
+        arg_to_number("eighty")
+    with pytest.raises(ValueError, match=r'^"inf" is not a valid number$'):
+        arg_to_number("inf")
+    with pytest.raises(ValueError, match=r"^Missing required argument$"):
+        arg_to_number(None, required=True)
+    assert arg_to_number(False) is False
+
+
+def test_the_listen_port_reaches_the_script_as_text() -> None:
+    """
+    Given: an instance's params with the listen port as an int (as xsoar-local keeps it)
+    When: building the runner's environment
+    Then: DEMISTO_PARAMS holds it as a string, as the real server gives a short-text param
+    """
+    env = runner_env(
+        instance="i", integration="I", params={"longRunningPort": 8123, "n": 1}, command="test-module", store_path=None
+    )
+
+    assert json.loads(env["DEMISTO_PARAMS"]) == {"longRunningPort": "8123", "n": 1}
+
+
+def test_scripts_run_with_the_platform_module_name(tmp_path: Path) -> None:
+    """
+    Given: a script with the platform's entry-point guard, and one guarded by `__name__ == "__main__"` only
+    When: the runner runs them
+    Then: `__name__` is "builtins", as on the real platform: only the platform's guard runs main
+    """
+    run_script('if __name__ in ("__main__", "__builtin__", "builtins"):\n    demisto.results(__name__)\n', "a.py")
+    run_script('if __name__ == "__main__":\n    demisto.results("main")\n', "b.py")
+
+    assert demisto.RESULTS == ["builtins"]
+    echo = (Path(__file__).parent / "data/packs/EchoWebhook/Integrations/EchoWebhook/EchoWebhook.py").read_text()
+    assert 'if __name__ in ("__main__", "__builtin__", "builtins"):' in echo
 
 
 def test_star_import_brings_the_platform_names() -> None:

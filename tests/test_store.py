@@ -10,10 +10,12 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from xsoar_local import store as store_module
 from xsoar_local.store import MemoryStore, SqliteStore, Store, open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,3 +259,84 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
             if process.returncode:
                 failures.append(stderr.strip().splitlines()[-1])
     assert failures == []
+
+
+@pytest.mark.parametrize(
+    "incident_id", ["99999999999999999999", "9223372036854775808", "1_0", "01", "+1", " 1", "-1", "0", "1.0", ""]
+)
+def test_an_id_the_store_never_hands_out_finds_nothing(store: Store, incident_id: str) -> None:
+    """Both backends: only the canonical decimal id finds an incident; nothing else raises or matches."""
+    store.create_incidents("a", [{"name": f"n{i}"} for i in range(10)])
+
+    assert store.get_incident(incident_id) is None
+    assert store.get_incident("10")["name"] == "n9"  # type: ignore[index]
+
+
+def test_non_json_values_are_refused_alike_by_both_backends(store: Store) -> None:
+    """Both backends store what a JSON round trip keeps: a value JSON cannot hold raises TypeError (no str()
+    fallback), and a severity that is not a number stays in the incident without breaking the insert."""
+    moment = datetime.now()
+    with pytest.raises(TypeError):
+        store.create_incidents("a", [{"name": "d", "occurred": moment}])
+    with pytest.raises(TypeError):
+        store.set_integration_context("a", {"when": moment})
+    with pytest.raises(TypeError):
+        store.set_last_run("a", {"when": moment})
+    assert store.count_incidents() == 0
+    assert store.get_integration_context("a") == ({}, 0)
+    assert store.get_last_run("a") == {}
+
+    (created,) = store.create_incidents("a", [{"name": "l", "severity": [1]}])
+    assert store.get_incident(created["id"])["severity"] == [1]  # type: ignore[index]
+
+
+def test_created_times_are_taken_under_the_write_lock(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The created time is read while the id is reserved, so ids and created times sort the same way."""
+    held: list[bool] = []
+    real_now = store_module.utc_now
+
+    def checking_now() -> str:
+        if isinstance(store, MemoryStore):
+            held.append(store._lock.locked())
+        else:
+            held.append(store._connection().in_transaction)  # type: ignore[attr-defined]
+        return real_now()
+
+    monkeypatch.setattr(store_module, "utc_now", checking_now)
+    store.create_incidents("a", [{"name": "x"}])
+
+    assert held == [True]
+
+
+def test_an_old_store_loses_its_unused_indexes_once(tmp_path: Path) -> None:
+    """
+    Given: a store file made by an earlier version, with four incident indexes the read API does not use
+    When: opening it, then opening it again after an index of that name was made by hand
+    Then: the first open drops the four and records the schema version; later opens run no migration
+    """
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE incidents (id INTEGER PRIMARY KEY AUTOINCREMENT, instance TEXT NOT NULL,"
+            " created TEXT NOT NULL, name TEXT, type TEXT, severity REAL, occurred TEXT, data TEXT NOT NULL)"
+        )
+        for column in ("name", "type", "severity", "occurred"):
+            conn.execute(f"CREATE INDEX incidents_{column} ON incidents ({column})")
+    conn.close()
+
+    def indexes() -> set[str]:
+        with sqlite3.connect(path) as check:
+            rows = check.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'incidents'")
+            names = {name for (name,) in rows}
+        check.close()
+        return names
+
+    SqliteStore(path).close()
+    assert indexes() == {"incidents_instance", "incidents_created"}
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        conn.execute("CREATE INDEX incidents_name ON incidents (name)")
+    conn.close()
+
+    SqliteStore(path).close()
+    assert "incidents_name" in indexes()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +20,7 @@ from xsoar_local.auth import api_key_header
 from xsoar_local.config import ServerConfig
 from xsoar_local.gateway import error_response
 from xsoar_local.instances import Instance
-from xsoar_local.store import Store
+from xsoar_local.store import Store, normalize_since
 from xsoar_local.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -54,8 +53,7 @@ class PlatformView:
         if process is not None:
             live = process.describe()
         else:
-            status = "disabled" if not instance.enabled else "not long-running"
-            live = {"status": status, "pid": None, "restarts": 0, "last_exit": None}
+            live = {"status": instance.unserved_reason, "pid": None, "restarts": 0, "last_exit": None}
         return {
             "name": instance.name,
             "integration": instance.integration.id,
@@ -106,8 +104,9 @@ def create_api(view: PlatformView, server: ServerConfig) -> FastAPI:
 
     @api.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The exception's text can hold anything (paths, stored data): it goes to the platform log only.
         log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return error_response(500, "internal error", f"{type(exc).__name__}: {exc}; see the platform log")
+        return error_response(500, "internal error", "the request failed; see the platform log")
 
     @api.get("/health")
     def health() -> dict[str, Any]:
@@ -153,10 +152,12 @@ def _checked_since(since: str | None) -> str | None:
     if not since:
         return None
     try:
-        datetime.fromisoformat(since)
+        normalize_since(since)
     except ValueError:
         raise ApiError(
-            400, "invalid request", f"since: {since!r} is not an ISO-8601 time (fix: e.g. 2024-05-01T12:00:00Z)"
+            400,
+            "invalid request",
+            f"since: {since!r} is not an ISO-8601 time in range (fix: e.g. 2024-05-01T12:00:00Z)",
         ) from None
     return since
 

@@ -98,7 +98,7 @@ def up(config_path: Path) -> None:
 def status(config_path: Path, as_json: bool) -> None:
     """Show each instance's status, listen port, restarts and module health, from the running platform."""
     config = _load(config_path)
-    url = _client_url(config)
+    url = config.server.base_url()
     headers = {"X-API-Key": config.server.api_key} if config.server.api_key else {}
     try:
         response = httpx.get(f"{url}/instances", headers=headers, timeout=5.0, trust_env=False)
@@ -218,13 +218,6 @@ def _load(config_path: Path) -> PlatformConfig:
     return load_config(config_path)
 
 
-def _client_url(config: PlatformConfig) -> str:
-    host = config.server.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    return f"http://{f'[{host}]' if ':' in host else host}:{config.server.port}"
-
-
 def _config_relative(config: PlatformConfig, path: Path) -> str:
     base = config.path.resolve().parent
     resolved = path.resolve()
@@ -233,8 +226,7 @@ def _config_relative(config: PlatformConfig, path: Path) -> str:
 
 def _instance_banner(instance: Instance, config: PlatformConfig, url: str, supervisor: Supervisor) -> str:
     if not instance.supervised:
-        why = "disabled" if not instance.enabled else "not long-running"
-        return f"  instance {instance.name} ({instance.integration.id}): {why}"
+        return f"  instance {instance.name} ({instance.integration.id}): {instance.unserved_reason}"
     webhook = f"{url}{instance.webhook_path()}"
     lines = [
         f"  instance {instance.name} ({instance.integration.id}): listen port {instance.listen_port},"

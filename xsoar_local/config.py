@@ -6,7 +6,9 @@ behaves the same from any working directory.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import ipaddress
 import json
 import re
 import secrets
@@ -73,6 +75,18 @@ class ServerConfig:
     @property
     def packs_dir(self) -> Path:
         return self.data_dir / "packs"
+
+    def base_url(self, port: int | None = None) -> str:
+        """The URL a local client reaches the gateway at (an unspecified bind address means loopback)."""
+        host = self.host
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(host).is_unspecified:
+                host = "127.0.0.1"
+        if not host:
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port if port is None else port}"
 
     def is_external(self, instance: str) -> bool:
         """Whether `/instance/execute/<instance>` is open without the API key, per the server configuration keys."""

@@ -26,6 +26,7 @@ from xsoar_local.upstream import (
     UpstreamPool,
     UpstreamResponse,
     UpstreamTimeout,
+    header_tokens,
 )
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,10 @@ _HOP_BY_HOP = frozenset(
     | {b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
 # Not passed on either: the upstream pool sets the Host and the body's framing (Content-Length or chunked),
-# and X-Forwarded-For is passed on with the caller's address added.
-_NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"content-length", b"x-forwarded-for"}
+# X-Forwarded-For is passed on with the caller's address added, and the gateway sets X-Forwarded-Host and
+# X-Forwarded-Proto itself (a caller's own would be believed by the instance).
+_X_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto"})
+_NOT_FORWARDED = _HOP_BY_HOP | _X_FORWARDED | {b"host", b"content-length"}
 
 Scope = dict[str, Any]
 
@@ -92,8 +95,8 @@ class Reroute:
             known = ", ".join(sorted(self._instances)) or "none"
             return error_response(404, "unknown instance", f"no instance named {name!r} (instances: {known})"), None
         if not instance.supervised:
-            why = "is disabled" if not instance.enabled else "is not a long-running instance"
-            return error_response(404, "instance not served", f"instance {name!r} {why}"), None
+            detail = f"instance {name!r} is {instance.unserved_reason}"
+            return error_response(404, "instance not served", detail), None
         api_key_name = None
         if not self._external[name]:
             text_headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in headers}
@@ -189,13 +192,16 @@ async def _body(receive: Any) -> AsyncIterator[bytes]:
 
 async def _relay(upstream: UpstreamResponse, send: Any) -> None:
     await send({"type": "http.response.start", "status": upstream.status, "headers": _response_headers(upstream)})
-    # One chunk is held back, so that the last one goes out marked as the end (one write fewer per response).
-    previous = b""
+    # Each chunk goes out as it arrives (a streaming answer is not delayed); when the Content-Length says a
+    # chunk is the last one, it goes out marked as the end (one write fewer per response).
+    left, ended = upstream.length, False
     async for chunk in upstream.chunks():
-        if previous:
-            await send({"type": "http.response.body", "body": previous, "more_body": True})
-        previous = chunk
-    await send({"type": "http.response.body", "body": previous, "more_body": False})
+        if left is not None:
+            left -= len(chunk)
+        ended = left == 0
+        await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+    if not ended:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _forwarded_headers(scope: Scope, drop: bytes | None) -> tuple[Headers, int | None, bool]:
@@ -203,16 +209,13 @@ def _forwarded_headers(scope: Scope, drop: bytes | None) -> tuple[Headers, int |
     Content-Length (None if not given, -1 if not a number) and whether it comes chunked."""
     raw: Headers = scope["headers"]
     values = dict(raw)
-    skip = _NOT_FORWARDED
-    if b"connection" in values or drop:
-        listed = {token.strip().lower() for key, value in raw if key == b"connection" for token in value.split(b",")}
-        skip = skip | listed | ({drop} if drop else set())
+    skip = _NOT_FORWARDED | header_tokens(raw, b"connection") | ({drop} if drop else set())
     headers = [(key, value) for key, value in raw if key not in skip]
     client = scope["client"][0].encode("latin-1") if scope.get("client") else b""
-    previous = values.get(b"x-forwarded-for")
+    previous = b", ".join(value for key, value in raw if key == b"x-forwarded-for")
     headers.append((b"x-forwarded-for", previous + b", " + client if previous else client))
     headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
-    if b"host" in values and b"x-forwarded-host" not in values:
+    if b"host" in values:
         headers.append((b"x-forwarded-host", values[b"host"]))
     length = values.get(b"content-length")
     content_length = None if length is None else int(length) if length.strip().isdigit() else -1
@@ -220,6 +223,5 @@ def _forwarded_headers(scope: Scope, drop: bytes | None) -> tuple[Headers, int |
 
 
 def _response_headers(upstream: UpstreamResponse) -> Headers:
-    listed = {token.strip() for key, value in upstream.headers if key == b"connection" for token in value.split(b",")}
-    skip = _HOP_BY_HOP | listed
+    skip = _HOP_BY_HOP | header_tokens(upstream.headers, b"connection")
     return [(key, value) for key, value in upstream.headers if key not in skip]

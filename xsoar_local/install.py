@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -11,13 +12,23 @@ from xsoar_local.packs import Pack, load_pack
 
 _NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache")
 
+# The pack id names the install folder: one plain path segment, never `.`, `..` or anything with a separator.
+_PACK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
 
 def install_pack(source: Path, packs_dir: Path) -> Pack:
     """Install the pack at `source` as `<packs_dir>/<pack id>`, replacing an earlier install of that pack."""
     pack = load_pack(source)
     if not pack.integrations:
         raise PackError(f"pack {str(source)!r} holds no integration (no Integrations/*.yml with a script section)")
+    if not _PACK_ID.fullmatch(pack.id):
+        raise PackError(
+            f"pack {str(source)!r} has the id {pack.id!r}, which cannot name a folder;"
+            " fix: give the pack an id of letters, digits, '_', '.' and '-' (in metadata.json or as its folder name)"
+        )
     destination = packs_dir / pack.id
+    if destination.resolve().parent != packs_dir.resolve():
+        raise PackError(f"pack {str(source)!r}: its id {pack.id!r} leads outside the packs folder {str(packs_dir)!r}")
     if source.resolve() == destination.resolve():
         return pack
     packs_dir.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,13 @@ class Instance:
         return self.enabled and self.long_running
 
     @property
+    def unserved_reason(self) -> str | None:
+        """Why the platform does not run this instance ("disabled" or "not long-running"), None if it does."""
+        if self.supervised:
+            return None
+        return "disabled" if not self.enabled else "not long-running"
+
+    @property
     def listen_port(self) -> int | None:
         port = self.params.get(LISTEN_PORT_PARAM) if self.integration.long_running_port else None
         return port if isinstance(port, int) else None

@@ -2,9 +2,9 @@
 
 `python -m xsoar_local.runner <pack> <integration>` with the environment of `runner_env()`: the script text is
 executed with `demisto` (our demistomock) and every CommonServerPython name as globals and `__name__ ==
-"__main__"`, so both the split `.py` (whose imports resolve through `script_env/` on `sys.path`) and the unified
-script (whose import lines were stripped) run unchanged. Parameters, command and store path travel as
-environment variables, per docs/script-env-contract.md.
+"builtins"` (as on the real platform), so both the split `.py` (whose imports resolve through `script_env/` on
+`sys.path`) and the unified script (whose import lines were stripped) run unchanged. Parameters, command and
+store path travel as environment variables, per docs/script-env-contract.md.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 from xsoar_local.errors import XsoarLocalError
 from xsoar_local.packs import find_integration, load_pack
+from xsoar_local.params import LISTEN_PORT_PARAM
 
 SCRIPT_ENV_DIR = Path(__file__).resolve().parent / "script_env"
 
@@ -55,7 +56,7 @@ def runner_env(
         if not key.startswith("DEMISTO_") and key not in ("XSOAR_LOCAL_STORE", PARENT_PID_VAR)
     }
     env.update(
-        DEMISTO_PARAMS=json.dumps(params),
+        DEMISTO_PARAMS=json.dumps(_as_served(params)),
         DEMISTO_COMMAND=command,
         DEMISTO_INSTANCE_NAME=instance,
         DEMISTO_INTEGRATION_NAME=integration,
@@ -72,6 +73,14 @@ def runner_env(
     return env
 
 
+def _as_served(params: dict[str, Any]) -> dict[str, Any]:
+    """Params as the real server hands them to the script: the listen port, a type-0 (short text) param, as text."""
+    port = params.get(LISTEN_PORT_PARAM)
+    if isinstance(port, int) and not isinstance(port, bool):
+        return {**params, LISTEN_PORT_PARAM: str(port)}
+    return params
+
+
 def script_globals(script_path: str) -> dict[str, Any]:
     """What the platform puts in scope of an integration script: CommonServerPython and `demisto`."""
     if str(SCRIPT_ENV_DIR) not in sys.path:
@@ -81,7 +90,9 @@ def script_globals(script_path: str) -> dict[str, Any]:
     for module_name in ("CommonServerPython", "CommonServerUserPython"):
         module = importlib.import_module(module_name)
         namespace.update((key, value) for key, value in vars(module).items() if key not in _MODULE_ATTRIBUTES)
-    namespace.update(demisto=demisto, __name__="__main__", __file__=script_path, __builtins__=builtins)
+    # The real platform runs scripts with `__name__ == "builtins"`; scripts guard main() with
+    # `if __name__ in ("__main__", "__builtin__", "builtins")`.
+    namespace.update(demisto=demisto, __name__="builtins", __file__=script_path, __builtins__=builtins)
     return namespace
 
 

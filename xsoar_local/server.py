@@ -51,13 +51,7 @@ def bind_gateway(server: ServerConfig) -> socket.socket:
 
 
 def base_url(server: ServerConfig, sock: socket.socket) -> str:
-    host = server.host
-    with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).is_unspecified:
-            host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{sock.getsockname()[1]}"
+    return server.base_url(sock.getsockname()[1])
 
 
 def is_loopback(host: str) -> bool:

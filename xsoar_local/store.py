@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -19,6 +20,9 @@ from typing import Any, Protocol
 
 DEFAULT_INCIDENT_TYPE = "Unclassified"
 BUSY_TIMEOUT_MS = 30_000
+# An incident id as the store hands it out: a positive decimal, no sign, no leading zero, no `_`, within int64.
+_INCIDENT_ID = re.compile(r"[1-9][0-9]{0,18}")
+_MAX_INCIDENT_ID = 2**63 - 1
 
 Incident = dict[str, Any]
 
@@ -53,14 +57,27 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _normalize_since(since: str) -> str:
+def normalize_since(since: str) -> str:
+    """`since` (ISO-8601, UTC if no offset) in the store's `created` format; ValueError if it is not a time
+    the format can hold."""
     moment = datetime.fromisoformat(since)
-    return _iso(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    try:
+        return _iso(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    except OverflowError:
+        raise ValueError(f"{since!r} is out of range in UTC") from None
+
+
+def _incident_key(incident_id: str | int) -> int | None:
+    """The row id for an incident id, or None when it cannot be one the store handed out."""
+    text = str(incident_id)
+    if not _INCIDENT_ID.fullmatch(text) or int(text) > _MAX_INCIDENT_ID:
+        return None
+    return int(text)
 
 
 def _copy(value: Any) -> Any:
     """A deep, JSON-shaped copy: both backends hand out what a round trip to the server would."""
-    return json.loads(json.dumps(value, default=str))
+    return json.loads(json.dumps(value))
 
 
 def _stored_incident(incident: Incident, incident_id: int, instance: str, created: str, copy: bool = True) -> Incident:
@@ -70,6 +87,11 @@ def _stored_incident(incident: Incident, incident_id: int, instance: str, create
     stored["severity"] = stored.get("severity") or 0
     stored["occurred"] = stored.get("occurred") or created
     return stored
+
+
+def _severity_column(value: Any) -> float | None:
+    """The severity column holds numbers only; anything else stays in the row's JSON alone."""
+    return value if isinstance(value, int | float) else None
 
 
 def _column_text(value: Any) -> str:
@@ -112,8 +134,9 @@ class MemoryStore:
         self._last_runs: dict[str, dict[str, Any]] = {}
 
     def create_incidents(self, instance: str, incidents: list[Incident]) -> list[Incident]:
-        created = utc_now()
         with self._lock:
+            # Taken under the lock: ids and created times are in the same order.
+            created = utc_now()
             first_id = len(self._incidents) + 1
             stored = [_stored_incident(item, first_id + i, instance, created) for i, item in enumerate(incidents)]
             self._incidents.extend(stored)
@@ -122,7 +145,7 @@ class MemoryStore:
     def list_incidents(
         self, *, instance: str | None = None, since: str | None = None, limit: int | None = 50
     ) -> list[Incident]:
-        since = _normalize_since(since) if since else None
+        since = normalize_since(since) if since else None
         with self._lock:
             found = [
                 item
@@ -132,8 +155,9 @@ class MemoryStore:
         return _copy(found if limit is None else found[:limit])
 
     def get_incident(self, incident_id: str | int) -> Incident | None:
+        key = _incident_key(incident_id)
         with self._lock:
-            found = next((item for item in self._incidents if item["id"] == str(incident_id)), None)
+            found = self._incidents[key - 1] if key is not None and key <= len(self._incidents) else None
         return _copy(found)
 
     def count_incidents(self, instance: str | None = None) -> int:
@@ -185,11 +209,6 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS incidents_instance ON incidents (instance, id)",
     "CREATE INDEX IF NOT EXISTS incidents_created ON incidents (created)",
-    # Only the indexes the read API uses: every index is paid for on each insert.
-    "DROP INDEX IF EXISTS incidents_name",
-    "DROP INDEX IF EXISTS incidents_type",
-    "DROP INDEX IF EXISTS incidents_severity",
-    "DROP INDEX IF EXISTS incidents_occurred",
     """CREATE TABLE IF NOT EXISTS integration_context (
         instance TEXT PRIMARY KEY,
         context TEXT NOT NULL,
@@ -202,6 +221,18 @@ _SCHEMA = (
         updated TEXT NOT NULL
     )""",
     "CREATE TABLE IF NOT EXISTS last_run (instance TEXT PRIMARY KEY, data TEXT NOT NULL)",
+)
+
+# Schema changes for stores made by earlier versions, by `PRAGMA user_version`: entry n takes a store from
+# version n to n + 1, once.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # Only the indexes the read API uses: every index is paid for on each insert.
+    (
+        "DROP INDEX IF EXISTS incidents_name",
+        "DROP INDEX IF EXISTS incidents_type",
+        "DROP INDEX IF EXISTS incidents_severity",
+        "DROP INDEX IF EXISTS incidents_occurred",
+    ),
 )
 
 
@@ -220,6 +251,12 @@ class SqliteStore:
         with self._write() as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            for statements in _MIGRATIONS[version:]:
+                for statement in statements:
+                    conn.execute(statement)
+            if version < len(_MIGRATIONS):
+                conn.execute(f"PRAGMA user_version = {len(_MIGRATIONS)}")
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -247,8 +284,9 @@ class SqliteStore:
         conn.execute("COMMIT")
 
     def create_incidents(self, instance: str, incidents: list[Incident]) -> list[Incident]:
-        created = utc_now()
         with self._write() as conn:
+            # Taken inside the write transaction: ids and created times are in the same order.
+            created = utc_now()
             # Ids are taken inside the write lock, so they can go into each row's JSON before the insert.
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'incidents'").fetchone()
             first_id = (row[0] if row else 0) + 1
@@ -266,7 +304,7 @@ class SqliteStore:
                         created,
                         None if item.get("name") is None else _column_text(item["name"]),
                         _column_text(item["type"]),
-                        item["severity"],
+                        _severity_column(item["severity"]),
                         _column_text(item["occurred"]),
                         json.dumps(item),
                     )
@@ -284,7 +322,7 @@ class SqliteStore:
             values.append(instance)
         if since:
             where.append("created >= ?")
-            values.append(_normalize_since(since))
+            values.append(normalize_since(since))
         rows = self._connection().execute(
             f"SELECT data FROM incidents WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
             [*values, -1 if limit is None else limit],
@@ -292,9 +330,8 @@ class SqliteStore:
         return [json.loads(data) for (data,) in rows]
 
     def get_incident(self, incident_id: str | int) -> Incident | None:
-        try:
-            key = int(incident_id)
-        except ValueError:
+        key = _incident_key(incident_id)
+        if key is None:
             return None
         row = self._connection().execute("SELECT data FROM incidents WHERE id = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
@@ -321,7 +358,7 @@ class SqliteStore:
             conn.execute(
                 "INSERT INTO integration_context (instance, context, version) VALUES (?, ?, ?)"
                 " ON CONFLICT (instance) DO UPDATE SET context = excluded.context, version = excluded.version",
-                (instance, json.dumps(context, default=str), stored + 1),
+                (instance, json.dumps(context), stored + 1),
             )
         return stored + 1
 
@@ -348,7 +385,7 @@ class SqliteStore:
         with self._write() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO last_run (instance, data) VALUES (?, ?)",
-                (instance, json.dumps(obj, default=str)),
+                (instance, json.dumps(obj)),
             )
 
     def close(self) -> None:

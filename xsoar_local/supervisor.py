@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from xsoar_local.instances import Instance
+from xsoar_local.masking import mask_secrets, secret_values
 from xsoar_local.ports import INSTANCE_HOST
 from xsoar_local.runner import runner_command, runner_env
 from xsoar_local.store import Store
@@ -198,7 +199,7 @@ class Supervisor:
         _signal_group(process.pid, signal.SIGKILL)
         if timed_out:
             return f"did not listen on port {instance.listen_port} within {self._backoff.startup_timeout:.0f}s"
-        return _exit_reason(returncode, self.log_path(instance.name))
+        return _exit_reason(returncode, self.log_path(instance.name), secret_values(instance.params))
 
     async def _wait_listening(self, item: InstanceProcess, exited: asyncio.Future[int]) -> bool:
         """Whether the process accepts connections on its listen port before it exits or the startup timeout."""
@@ -230,12 +231,15 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _exit_reason(returncode: int, log_path: Path) -> str:
+def _exit_reason(returncode: int, log_path: Path, secrets: list[str]) -> str:
+    """Why the process exited, with the last line it wrote; the instance's secrets in that line are masked, as
+    the reason is shown by the API and stored as module health."""
     if returncode < 0:
         with contextlib.suppress(ValueError):
             return f"was killed by {signal.Signals(-returncode).name}"
     reason = f"exited with code {returncode}"
-    last_line = _last_line(log_path)
+    # Masked before it is cut short, so that no part of a secret is left at the cut.
+    last_line = mask_secrets(_last_line(log_path), secrets)[:300]
     return f"{reason}: {last_line}" if last_line else reason
 
 
@@ -249,7 +253,7 @@ def _last_line(path: Path, window: int = 4096) -> str:
     except OSError:
         return ""
     lines = [line for line in lines if line and not line.startswith("--- ")]
-    return lines[-1][:300] if lines else ""
+    return lines[-1] if lines else ""
 
 
 def _now() -> str:

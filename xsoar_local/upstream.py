@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ SMALL_BODY = 64 * 1024
 READ_SIZE = 64 * 1024
 MAX_HEAD = 64 * 1024
 MAX_IDLE = 100
+
+# Methods whose request may go again after a pooled connection failed without any answer (RFC 9110 9.2.2).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -68,6 +73,8 @@ class UpstreamResponse:
         self._connection: _Connection | None = connection
         self._framing = head.framing
         self._reusable = head.keep_alive
+        # The body's length when the head gives it (Content-Length, or none for HEAD, 204 and 304).
+        self.length = None if head.framing in ("chunked", "close") else int(head.framing)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         connection = self._connection
@@ -122,15 +129,18 @@ class UpstreamPool:
         if body is not None and content_length is not None and content_length <= SMALL_BODY:
             first = b"".join([chunk async for chunk in body])
             body = None
-        # A pooled connection the instance closed meanwhile fails before any answer: then, if nothing of the
-        # body was consumed, the request goes again on a new connection.
+        # A pooled connection the instance closed meanwhile fails before any byte of an answer: then the request
+        # goes again, once, on a new connection, if it can and may (nothing of a streamed body consumed, and an
+        # idempotent method or no body). A new connection that fails so is never retried: the instance may
+        # have acted on the request.
+        may_repeat = body is None and (method in IDEMPOTENT_METHODS or not first)
         for attempt in range(2):
-            connection = await self._acquire(port, fresh=attempt > 0)
+            connection, reused = await self._acquire(port, fresh=attempt > 0)
             try:
                 return await self._exchange(port, connection, method, head + first, body, content_length is None)
             except _StaleConnection:
                 connection.close()
-                if body is not None or attempt:
+                if attempt or not reused or not may_repeat:
                     raise UpstreamProtocolError("the instance closed the connection without answering") from None
             except BaseException:
                 connection.close()
@@ -151,20 +161,21 @@ class UpstreamPool:
                 connection.close()
         self._idle.clear()
 
-    async def _acquire(self, port: int, *, fresh: bool) -> _Connection:
+    async def _acquire(self, port: int, *, fresh: bool) -> tuple[_Connection, bool]:
+        """A connection to `port`, and whether it comes from the pool (was used before)."""
         idle = self._idle.get(port)
         now = time.monotonic()
         while idle and not fresh:
             connection = idle.pop()
             if now - connection.idle_since < self._idle_expiry and not connection.reader.at_eof():
-                return connection
+                return connection, True
             connection.close()
         try:
             async with asyncio.timeout(self._connect_timeout):
                 reader, writer = await asyncio.open_connection(INSTANCE_HOST, port, limit=MAX_HEAD)
         except (OSError, TimeoutError) as exc:
             raise UpstreamConnectError(f"cannot connect to port {port}: {exc}") from exc
-        return _Connection(reader, writer)
+        return _Connection(reader, writer), False
 
     async def _exchange(
         self,
@@ -178,7 +189,7 @@ class UpstreamPool:
         # A write on a connection the instance has closed does not fail; the read of the answer does.
         connection.writer.write(first)
         if body is None:
-            head = await self._read_head(connection.reader, method)
+            head = await self._read_head(connection.reader, method, self.read_timeout)
         else:
             head = await self._read_head_while_uploading(connection, method, body, chunked)
         return UpstreamResponse(self, port, connection, head)
@@ -186,12 +197,18 @@ class UpstreamPool:
     async def _read_head_while_uploading(
         self, connection: _Connection, method: str, body: AsyncIterator[bytes], chunked: bool
     ) -> _Head:
-        upload = asyncio.ensure_future(_send_body(connection.writer, body, chunked))
-        answer = asyncio.ensure_future(self._read_head(connection.reader, method))
+        # The read timeout counts from the last progress of the upload, so a slow caller's long upload is not
+        # taken for a silent instance: it is an idle timeout until the body is sent, then the usual one.
+        progress = _Progress()
+        upload = asyncio.ensure_future(_send_body(connection.writer, body, chunked, progress))
+        answer = asyncio.ensure_future(self._read_head(connection.reader, method, None))
         try:
-            pending: set[asyncio.Future[object]] = {upload, answer}
-            while answer in pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            while not answer.done():
+                remaining = progress.last + self.read_timeout - time.monotonic()
+                if remaining <= 0:
+                    raise UpstreamTimeout(f"no answer within {self.read_timeout:g}s")
+                waiting: set[asyncio.Future[object]] = {answer} if upload.done() else {upload, answer}
+                done, _ = await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
                 if upload in done and upload.exception() is not None:
                     raise upload.exception()  # type: ignore[misc]
             head = answer.result()
@@ -203,9 +220,9 @@ class UpstreamPool:
             upload.cancel()
             answer.cancel()
 
-    async def _read_head(self, reader: asyncio.StreamReader, method: str) -> _Head:
+    async def _read_head(self, reader: asyncio.StreamReader, method: str, timeout: float | None) -> _Head:
         try:
-            async with asyncio.timeout(self.read_timeout):
+            async with asyncio.timeout(timeout):
                 while True:
                     try:
                         raw = await reader.readuntil(b"\r\n\r\n")
@@ -226,14 +243,22 @@ class UpstreamPool:
             raise _StaleConnection from exc
         except OSError as exc:
             raise UpstreamProtocolError(f"reading the answer failed: {exc}") from exc
-        connection_tokens = _tokens(headers, b"connection")
+        connection_tokens = header_tokens(headers, b"connection")
         keep_alive = b"keep-alive" in connection_tokens if http10 else b"close" not in connection_tokens
+        lengths = [value for key, value in headers if key == b"content-length"]
+        if any(key == b"transfer-encoding" for key, _ in headers) or status in (204, 304):
+            # Transfer-Encoding overrides a Content-Length (RFC 9112 6.3), and 204/304 have no body to measure;
+            # the header is not passed on, as it would not describe the body the caller gets.
+            headers = [(key, value) for key, value in headers if key != b"content-length"]
+            lengths = []
+        elif len(lengths) > 1 or (lengths and not lengths[0].isdigit()):
+            raise UpstreamProtocolError(f"unusable Content-Length in the answer: {b', '.join(lengths)[:80]!r}")
         if method == "HEAD" or status in (204, 304):
             framing = "0"
-        elif b"chunked" in _tokens(headers, b"transfer-encoding"):
+        elif b"chunked" in header_tokens(headers, b"transfer-encoding"):
             framing = "chunked"
-        elif (length := _header(headers, b"content-length")) is not None and length.strip().isdigit():
-            framing = str(int(length))
+        elif lengths:
+            framing = str(int(lengths[0]))
         else:
             framing, keep_alive = "close", False
         return _Head(status, headers, framing, keep_alive)
@@ -258,15 +283,30 @@ def _request_head(method: str, target: str, headers: Headers) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-async def _send_body(writer: asyncio.StreamWriter, body: AsyncIterator[bytes], chunked: bool) -> None:
+class _Progress:
+    """When an upload last made progress (monotonic time)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def mark(self) -> None:
+        self.last = time.monotonic()
+
+
+async def _send_body(
+    writer: asyncio.StreamWriter, body: AsyncIterator[bytes], chunked: bool, progress: _Progress
+) -> None:
     # An instance that stops reading has answered already, or will be found out when its answer is read.
     with contextlib.suppress(OSError):
         async for chunk in body:
+            progress.mark()
             writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
             await writer.drain()
+            progress.mark()
         if chunked:
             writer.write(b"0\r\n\r\n")
             await writer.drain()
+    progress.mark()
 
 
 def _parse_head(raw: bytes) -> tuple[int, Headers, bool]:
@@ -284,11 +324,8 @@ def _parse_head(raw: bytes) -> tuple[int, Headers, bool]:
     return int(code), headers, version == b"HTTP/1.0"
 
 
-def _header(headers: Headers, name: bytes) -> bytes | None:
-    return next((value for key, value in headers if key == name), None)
-
-
-def _tokens(headers: Headers, name: bytes) -> set[bytes]:
+def header_tokens(headers: Headers, name: bytes) -> set[bytes]:
+    """The lower-cased comma-separated tokens of every `name` header (`name` lower-case, as the keys are)."""
     return {token.strip().lower() for key, value in headers if key == name for token in value.split(b",")}
 
 
@@ -315,10 +352,10 @@ class _BodyReader:
     async def dechunked(self) -> AsyncIterator[bytes]:
         while True:
             size_line = await self._read(self._reader.readuntil(b"\r\n"))
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise UpstreamProtocolError(f"bad chunk size line {size_line[:40]!r}") from None
+            digits = size_line[:-2].split(b";", 1)[0].rstrip(b" \t")
+            if not _CHUNK_SIZE.fullmatch(digits):
+                raise UpstreamProtocolError(f"bad chunk size line {size_line[:40]!r}")
+            size = int(digits, 16)
             if size == 0:
                 # Trailers, if any, end with an empty line; they are not passed on.
                 while await self._read(self._reader.readuntil(b"\r\n")) != b"\r\n":

@@ -4,7 +4,7 @@ Integrations do `from CommonServerPython import *`, which also brings `demisto`,
 and the `typing` names into their scope, as in the real platform.
 """
 
-import base64
+import base64  # noqa: F401  (re-exported)
 import json
 import os  # noqa: F401  (re-exported to the integration's scope)
 import random
@@ -15,6 +15,9 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union  # noqa: F401, UP035  (re-exported)
 
 import demistomock as demisto
+
+from xsoar_local.masking import MASK
+from xsoar_local.masking import secret_values as _secret_values
 
 entryTypes = {
     "note": 1,
@@ -41,9 +44,7 @@ formats = {
 }
 
 # Commands in which return_error raises instead of reporting an entry and exiting.
-_RAISING_COMMANDS = ("long-running-execution", "fetch-incidents")
-_SECRET_KEY_PARTS = ("key", "password", "secret", "token", "credential")
-MASK = "<XX_REPLACED>"
+_RAISING_COMMANDS = ("long-running-execution", "fetch-incidents", "fetch-indicators")
 
 
 class DemistoException(Exception):
@@ -72,36 +73,33 @@ def is_debug_mode() -> bool:
 
 
 def argToBoolean(value: Any) -> bool:
+    """As the real CSP: a bool as is; "true"/"yes"/"false"/"no" in any case (no stripping); else ValueError."""
     if isinstance(value, bool):
         return value
     if isinstance(value, str):
-        if value.strip().lower() in ("true", "yes"):
+        if value.lower() in ("true", "yes"):
             return True
-        if value.strip().lower() in ("false", "no"):
+        if value.lower() in ("false", "no"):
             return False
-    raise ValueError("Argument does not contain a valid boolean-like value")
+        raise ValueError("Argument does not contain a valid boolean-like value")
+    raise ValueError("Argument is neither a string nor a boolean")
 
 
 def arg_to_number(arg: Any, arg_name: str | None = None, required: bool = False) -> int | None:
-    name = arg_name or "argument"
+    """As the real CSP: an int (a bool too) as is; a number text as int (truncated); a float or anything else
+    raises ValueError."""
     if arg is None or arg == "":
         if required:
-            raise ValueError(f'Missing "{name}"')
+            raise ValueError(f'Missing "{arg_name}"' if arg_name else "Missing required argument")
         return None
-    if isinstance(arg, bool):
-        raise ValueError(f'Invalid number: "{name}"="{arg}"')
-    if isinstance(arg, int | float):
-        return int(arg)
     if isinstance(arg, str):
         try:
-            return int(arg)
-        except ValueError:
+            return int(arg) if arg.isdigit() else int(float(arg))
+        except (ValueError, OverflowError):
             pass
-        try:
-            return int(float(arg))
-        except ValueError:
-            pass
-    raise ValueError(f'Invalid number: "{name}"="{arg}"')
+    elif isinstance(arg, int):
+        return arg
+    raise ValueError(f'Invalid number: "{arg_name}"="{arg}"' if arg_name else f'"{arg}" is not a valid number')
 
 
 # --- entries ---
@@ -273,21 +271,8 @@ class IntegrationLogger:
         self._add_secrets_from_params(demisto.params())
 
     def _add_secrets_from_params(self, params: dict[str, Any]) -> None:
-        for key, value in params.items():
-            if isinstance(value, dict):
-                password = value.get("password")
-                identifier = value.get("identifier")
-                if isinstance(password, str) and password:
-                    self.add_replace_strs(password)
-                    if isinstance(identifier, str) and identifier:
-                        self.add_replace_strs(base64.b64encode(f"{identifier}:{password}".encode()).decode())
-            elif (
-                isinstance(value, str)
-                and any(part in key.lower() for part in _SECRET_KEY_PARTS)
-                # A boolean-looking value is a checkbox, not a secret; masking it would garble every log line.
-                and value.strip().lower() not in ("true", "false")
-            ):
-                self.add_replace_strs(value)
+        # The same rules as the platform's masking of an instance's exit reason.
+        self.add_replace_strs(*_secret_values(params))
 
     def add_replace_strs(self, *strs: str) -> None:
         for secret in strs:

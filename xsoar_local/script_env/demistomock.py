@@ -177,11 +177,13 @@ def log(msg: Any) -> None:
 
 
 def _record(kind: str, value: Any, into: list[Any]) -> None:
+    # Serialized first, as the server does: a value that is not JSON raises here (TypeError or ValueError).
+    line = json.dumps({"kind": kind, "value": value})
     with _lock:
         into.append(value)
         if _RESULTS_FILE:
             with open(_RESULTS_FILE, "a", encoding="utf-8") as results_file:
-                results_file.write(json.dumps({"kind": kind, "value": value}, default=str) + "\n")
+                results_file.write(line + "\n")
 
 
 def results(x: Any) -> None:
@@ -223,7 +225,7 @@ def setIntegrationContextVersioned(context: dict[str, Any], version: int = -1, s
 
 
 def updateModuleHealth(data: str | dict[str, Any], is_error: bool = False) -> None:
-    message = data if isinstance(data, str) else json.dumps(data, default=str)
+    message = data if isinstance(data, str) else json.dumps(data)
     _store.set_module_health(integrationInstance(), message, is_error)
 
 
