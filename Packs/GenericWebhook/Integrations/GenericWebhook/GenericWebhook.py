@@ -8,11 +8,15 @@ import errno
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import math
+import os
 import socket
 import ssl
 import tempfile
+import time
+import traceback
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
