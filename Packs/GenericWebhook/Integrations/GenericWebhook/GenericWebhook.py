@@ -42,6 +42,7 @@ DEDUP_KEYS_KEY = "dedup_keys"
 MAX_SAMPLES = 20
 MAX_SAMPLES_BYTES = 1024 * 1024
 MAX_DEDUP_KEYS = 10_000
+MAX_DEDUP_SUMMARIES = 100_000  # incident summaries kept for all seen keys together
 MAX_BATCH_INCIDENTS = 1000
 BATCH_MAX_WAIT_MS = 0  # natural batching: a batch leaves as soon as the worker is free
 BODY_IDLE_TIMEOUT_SECONDS = 30
@@ -700,9 +701,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _loads(text: str) -> Any:
     """Strict JSON: NaN and Infinity (which Python accepts) are refused, as they would not serialize back."""
-    return json.loads(text, parse_constant=_reject_constant)
+    return _STRICT_DECODER.decode(text)
 
 
 def _load_json(text: str) -> Any:
@@ -1153,24 +1157,32 @@ SUMMARY_FIELDS = ("id", "name", "type", "severity", "occurred", "created")
 
 
 class SeenDeliveries:
-    """Dedup keys seen within the window, each with a summary of the incidents it created (oldest first)."""
+    """Dedup keys seen within the window, each with a summary of the incidents it created (oldest first).
+    Bounded: at most max_keys keys and max_summaries incident summaries in all (the oldest keys go first)."""
 
-    def __init__(self, stored: Any, window: int, max_keys: int = MAX_DEDUP_KEYS) -> None:
+    def __init__(
+        self, stored: Any, window: int, max_keys: int = MAX_DEDUP_KEYS, max_summaries: int = MAX_DEDUP_SUMMARIES
+    ) -> None:
         self.window = window
         self.max_keys = max_keys
+        self.max_summaries = max_summaries
+        self.summaries = 0
         self.entries: OrderedDict[str, tuple[float, list[dict[str, Any]]]] = OrderedDict()
         if isinstance(stored, dict):
             for key, entry in sorted(stored.items(), key=lambda item: _seen_time(item[1])):
                 if isinstance(entry, dict) and isinstance(entry.get("incidents"), list):
                     self.entries[key] = (_seen_time(entry), entry["incidents"])
+                    self.summaries += len(entry["incidents"])
 
     def expire(self, now: float) -> bool:
         changed = False
         while self.entries:
-            key, (seen, _) = next(iter(self.entries.items()))
-            if now - seen <= self.window and len(self.entries) <= self.max_keys:
+            key, (seen, incidents) = next(iter(self.entries.items()))
+            within = len(self.entries) <= self.max_keys and self.summaries <= self.max_summaries
+            if now - seen <= self.window and within:
                 break
             del self.entries[key]
+            self.summaries -= len(incidents)
             changed = True
         return changed
 
@@ -1180,6 +1192,8 @@ class SeenDeliveries:
 
     def record(self, key: str, created: list[dict[str, Any]], now: float) -> None:
         summary = [{name: incident[name] for name in SUMMARY_FIELDS if name in incident} for incident in created]
+        previous = self.entries.get(key)
+        self.summaries += len(summary) - (len(previous[1]) if previous else 0)
         self.entries[key] = (now, summary)
         self.entries.move_to_end(key)
 

@@ -1072,6 +1072,20 @@ def test_seen_keys_are_bounded():
     assert list(seen.entries) == ["k2", "k3", "k4"]
 
 
+def test_seen_summaries_are_bounded_in_all():
+    """
+    Given a bound of 5 incident summaries over all seen keys
+    When keys with 3, 2 and 4 incidents are recorded
+    Then the oldest keys go until at most 5 summaries remain.
+    """
+    seen = GenericWebhook.SeenDeliveries({}, window=1000, max_summaries=5)
+    for number, count in enumerate((3, 2, 4)):
+        seen.record(f"k{number}", [{"id": str(n)} for n in range(count)], now=float(number))
+    seen.expire(now=3.0)
+    assert list(seen.entries) == ["k2"]
+    assert seen.summaries == 4
+
+
 # ---------------------------------------------------------------- limits, encodings, formats
 
 
