@@ -431,13 +431,12 @@ def write_private_file(content: str, suffix: str) -> str:
 
 def check_tls_pair(certificate: str, private_key: str) -> str:
     """Returns '' when the certificate and key load as a TLS pair, else what is wrong and how to fix it."""
-    cert_path = write_private_file(certificate, ".pem")
-    key_path = write_private_file(private_key, ".key")
     if "ENCRYPTED" in private_key.split("\n", 2)[0] or "Proc-Type: 4,ENCRYPTED" in private_key:
-        os.remove(cert_path)
-        os.remove(key_path)
         return "The Private Key is encrypted: paste the key without a passphrase (openssl pkey -in key.pem)."
+    cert_path = write_private_file(certificate, ".pem")
+    key_path = ""
     try:  # the password callback stops OpenSSL from asking on a terminal for an encrypted key's passphrase
+        key_path = write_private_file(private_key, ".key")
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path, password=lambda: b"")
     except (ssl.SSLError, OSError) as error:
         if "KEY_VALUES_MISMATCH" in str(error) or "key values mismatch" in str(error):
@@ -447,8 +446,9 @@ def check_tls_pair(certificate: str, private_key: str) -> str:
             "paste PEM text including the BEGIN/END lines."
         )
     finally:
-        os.remove(cert_path)
-        os.remove(key_path)
+        for path in (cert_path, key_path):
+            if path:
+                os.remove(path)
     return ""
 
 
@@ -1280,7 +1280,7 @@ class IncidentSink:
             self.seen = SeenDeliveries(_context_json(context, DEDUP_KEYS_KEY, {}), self.config.dedup_window)
 
     def _remember(
-        self, units: list[Unit], results: list[UnitResult | None], created: list[dict[str, Any]], now: float
+        self, units: list[Unit], results: list[UnitResult | None], sent: list[dict[str, Any]], now: float
     ) -> None:
         if self.seen is not None:
             self.seen_changed |= self.seen.expire(now)
@@ -1288,8 +1288,8 @@ class IncidentSink:
                 if unit.key is not None and result is not None and not result.duplicate:
                     self.seen.record(unit.key, result.incidents, now)
                     self.seen_changed = True
-        if self.samples is not None and created:
-            self.pending_samples = (self.pending_samples + created)[-self.samples.max_count :]
+        if self.samples is not None and sent:  # samples are the incidents as sent, in the original's shape
+            self.pending_samples = (self.pending_samples + sent)[-self.samples.max_count :]
         if now - self.last_write >= CONTEXT_WRITE_INTERVAL_SECONDS:
             self.flush()
 
