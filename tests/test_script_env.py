@@ -113,7 +113,8 @@ def test_log_lines_honor_the_log_level(capsys: pytest.CaptureFixture[str]) -> No
     """
     Given: DEMISTO_LOG_LEVEL=info
     When: logging at every level, with a multi-line message
-    Then: one `<time> <LEVEL> <message>` line per message at info and above
+    Then: one `<time> <LEVEL> <text>` line per line of each message at info and above, all lines of a
+          message with the same prefix
     """
     demisto.load_env({"DEMISTO_LOG_LEVEL": "info"}, with_store=False)
     demisto.debug("hidden")
@@ -121,8 +122,9 @@ def test_log_lines_honor_the_log_level(capsys: pytest.CaptureFixture[str]) -> No
     demisto.error("failed")
 
     lines = stderr_lines(capsys)
-    assert [line.split(" ", 1)[1] for line in lines] == ["INFO started\\nlistening", "ERROR failed"]
+    assert [line.split(" ", 1)[1] for line in lines] == ["INFO started", "INFO listening", "ERROR failed"]
     assert lines[0].split(" ", 1)[0].endswith("Z")
+    assert lines[0].split(" ", 1)[0] == lines[1].split(" ", 1)[0]
 
 
 def test_debug_level_writes_debug_lines(capsys: pytest.CaptureFixture[str]) -> None:
@@ -433,6 +435,26 @@ def test_integration_logger_is_a_stream_for_logging_handlers(
     library_logger.warning("GET / 200 Authorization: pa$$word-1")
 
     assert stderr_lines(capsys)[-1].endswith(" INFO GET / 200 Authorization: <XX_REPLACED>")
+
+
+def test_integration_logger_as_a_stream_holds_text_until_a_newline(mocker: MockerFixture) -> None:
+    """
+    Given: an unbuffered logger used as a stream
+    When: text is written in pieces, the last with newlines inside and at the end
+    Then: nothing is sent until a piece holds a newline; then the pieces go in one message without the last
+          newline (as the real IntegrationLogger does); a piece left without a newline reaches print_log
+    """
+    info = mocker.patch.object(demisto, "info")
+    logger = IntegrationLogger()
+    logger.set_buffering(False)
+    logger.write("GET / ")
+    logger.write("200")
+    assert info.call_count == 0
+    logger.write(" ok\nPOST / 201\n")
+    info.assert_called_once_with("GET / 200 ok\nPOST / 201")
+    logger.write("held")
+    logger.print_log()
+    assert info.call_args_list[-1] == mocker.call("held")
 
 
 # --- argument helpers ---

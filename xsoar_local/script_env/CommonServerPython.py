@@ -267,6 +267,7 @@ class IntegrationLogger:
         self.debug_logging = debug_logging
         self.buffering = True
         self.messages: list[str] = []
+        self.write_buf: list[str] = []  # what write() got since its last newline
         self.replace_strs: list[str] = []
         self._add_secrets_from_params(demisto.params())
 
@@ -303,14 +304,28 @@ class IntegrationLogger:
             demisto.debug(text)
 
     def write(self, msg: str) -> int:
-        if msg.strip():
-            self(msg.rstrip("\n"))
+        """As a stream: text is held until a write that holds a newline, then sent as one message (without
+        one trailing newline), as the real logger does; a line written without a newline stays held."""
+        text = self.encode(msg)
+        ends_line = "\n" in text
+        self.write_buf.append(text[:-1] if text.endswith("\n") else text)
+        if ends_line:
+            message, self.write_buf = "".join(self.write_buf), []
+            if not self.buffering:
+                demisto.info(message)
+            else:
+                self.messages.append(message)
+                if self.debug_logging:
+                    demisto.debug(message)
         return len(msg)
 
     def flush(self) -> None:
         """Nothing buffered at the stream level; present for the file-like interface."""
 
     def print_log(self, verbose: bool = False) -> None:
+        if self.write_buf:
+            self.messages.append("".join(self.write_buf))
+            self.write_buf = []
         if self.messages:
             demisto.info("\n".join(self.messages))
             self.messages = []

@@ -150,10 +150,13 @@ def is_debug_mode() -> bool:
 def _log(level: str, msg: Any) -> None:
     if LOG_LEVELS[level] < LOG_LEVELS[LOG_LEVEL]:
         return
-    text = str(msg).replace("\r", "").replace("\n", "\\n")
-    line = f"{datetime.now(UTC).isoformat(timespec='milliseconds').replace('+00:00', 'Z')} {level.upper()} {text}\n"
+    # One stderr line per line of the message, each with the time and level: a message cannot pass off a
+    # line of its own as a separate entry (it always follows a real prefix).
+    prefix = f"{datetime.now(UTC).isoformat(timespec='milliseconds').replace('+00:00', 'Z')} {level.upper()} "
+    lines = str(msg).replace("\r", "").split("\n")
+    text = "".join(f"{prefix}{line}\n" for line in lines)
     with _lock:
-        sys.stderr.write(line)
+        sys.stderr.write(text)
         sys.stderr.flush()
 
 

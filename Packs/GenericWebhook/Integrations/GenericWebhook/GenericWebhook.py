@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -54,6 +55,17 @@ RETRY_AFTER_SECONDS = 5
 OVERLOAD_RETRY_AFTER_SECONDS = 1
 KEEP_ALIVE_SECONDS = 5
 MAX_HEADER_BYTES = 64 * 1024
+DEADLINE_CHECK_SECONDS = 0.5  # how often the connections' head and body deadlines are checked
+HEAD_PHASE = "head"  # what a connection is reading (None: nothing it must be timed for)
+BODY_PHASE = "body"
+# In the scope of a request served by the guarded protocol, which enforces the body deadlines itself.
+BODY_GUARD_KEY = "generic_webhook.body_guard"
+BODY_GUARDED = "guarded"
+BODY_TIMED_OUT = "timed_out"
+BODY_TIMEOUT_DETAIL = (
+    f"The body was not sent in time (a pause over {BODY_IDLE_TIMEOUT_SECONDS} s, or over "
+    f"{BODY_TOTAL_TIMEOUT_SECONDS} s in all): send the whole body promptly."
+)
 INFLATE_STEP_BYTES = 256 * 1024
 MAX_JSON_DEPTH = 100
 MAX_BUFFERED_BYTES = 256 * 1024 * 1024  # request bodies held at once, across all requests
@@ -136,6 +148,10 @@ class FieldMapping:
     details: tuple | None = None
     severity_map: tuple[tuple[str, float], ...] = ()
 
+    @property
+    def empty(self) -> bool:
+        return not (self.name or self.type or self.occurred or self.severity or self.details)
+
 
 @dataclass(frozen=True)
 class WebhookConfig:
@@ -162,7 +178,8 @@ class WebhookConfig:
     metrics_enabled: bool = False
     mapping: FieldMapping = field(default_factory=FieldMapping)
 
-    @property
+    # Cached: read on every request (a frozen dataclass still has an instance __dict__ for them).
+    @cached_property
     def auth_mode(self) -> str:
         if self.auth_header:
             return "header"
@@ -176,9 +193,13 @@ class WebhookConfig:
     def dedup_enabled(self) -> bool:
         return bool(self.dedup_header or self.dedup_path)
 
-    @property
+    @cached_property
     def hidden_headers(self) -> frozenset[str]:
         return ALWAYS_HIDDEN_HEADERS | {self.auth_header} if self.auth_header else ALWAYS_HIDDEN_HEADERS
+
+    @cached_property
+    def mapping_empty(self) -> bool:
+        return self.mapping.empty
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "WebhookConfig":
@@ -897,7 +918,7 @@ def build_incidents(
 
 def build_incident(item: dict[str, Any], headers_json: str, config: WebhookConfig) -> dict[str, Any]:
     event = _raw_event(item)
-    mapped = _mapped_fields(event, config.mapping)
+    mapped = {} if config.mapping_empty else _mapped_fields(event, config.mapping)
     incident: dict[str, Any] = {
         "name": mapped.get("name") or _text_field(item, "name") or DEFAULT_INCIDENT_NAME,
         "occurred": mapped.get("occurred") or _occurred(item.get("occurred")),
@@ -1561,30 +1582,34 @@ def error_response(status: int, error: str, detail: str, headers: dict[str, str]
 
 
 async def read_body(
-    receive: Callable, headers: dict[bytes, bytes], config: WebhookConfig, hold: Callable[[int], None]
+    scope: dict, receive: Callable, headers: dict[bytes, bytes], config: WebhookConfig, hold: Callable[[int], None]
 ) -> bytes:
     """Reads the body, refusing it with 413 as soon as it passes the limit, with or without Content-Length,
-    and with 408 when the client stops sending mid-body. `hold` accounts for every chunk kept in memory."""
+    and with 408 when the client stops sending mid-body. `hold` accounts for every chunk kept in memory.
+
+    Under the guarded protocol the connection times the body (no timer per request here); otherwise each
+    receive() is timed here."""
     length = headers.get(b"content-length", b"")
     if length.isdigit() and int(length) > config.max_body_bytes:
         raise too_large(config, "body")
+    guarded = BODY_GUARD_KEY in scope
     chunks = []
     size = 0
     more_body = True
     loop = asyncio.get_running_loop()
     deadline = loop.time() + BODY_TOTAL_TIMEOUT_SECONDS
     while more_body:
-        try:
-            async with body_timeout(min(BODY_IDLE_TIMEOUT_SECONDS, max(deadline - loop.time(), 0))):
-                message = await receive()
-        except asyncio.TimeoutError:
-            raise RequestError(
-                408,
-                "request_timeout",
-                f"The body was not sent in time (a pause over {BODY_IDLE_TIMEOUT_SECONDS} s, or over "
-                f"{BODY_TOTAL_TIMEOUT_SECONDS} s in all): send the whole body promptly.",
-            ) from None
+        if guarded:
+            message = await receive()
+        else:
+            try:
+                async with body_timeout(min(BODY_IDLE_TIMEOUT_SECONDS, max(deadline - loop.time(), 0))):
+                    message = await receive()
+            except asyncio.TimeoutError:
+                raise RequestError(408, "request_timeout", BODY_TIMEOUT_DETAIL) from None
         if message["type"] == "http.disconnect":
+            if scope.get(BODY_GUARD_KEY) == BODY_TIMED_OUT:  # the connection answered 408 and closed
+                raise RequestError(408, "request_timeout", BODY_TIMEOUT_DETAIL)
             raise RequestError(400, "client_disconnected", "The client went away before sending the whole body.")
         chunk = message.get("body", b"")
         size += len(chunk)
@@ -1668,25 +1693,36 @@ class WebhookIntake:
         batcher: IncidentBatcher,
         metrics: Metrics,
         log_error: Callable[[str], None],
+        log_access: Callable[[str], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.batcher = batcher
         self.metrics = metrics
         self.log_error = log_error
+        self.log_access = log_access
         self.clock = clock
         self.admission = Admission(config.max_in_flight, config.rate_limit_per_minute)
         self.needs_address = bool(config.allowed_networks or config.rate_limit_per_minute)
-        self.other_routes = self._other_routes()
+        self.other_routes = RequestMonitor(self._other_routes(), log_access, metrics)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] in ("/health", "/metrics"):
             await self.other_routes(scope, receive, send)
             return
-        status, extra_headers, body = await self.handle(scope, receive)
-        headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *extra_headers]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        # The events path is monitored here rather than through RequestMonitor: the status is known, so no
+        # wrapped `send` is needed.
+        started = time.monotonic()
+        status = 500
+        try:
+            status, extra_headers, body = await self.handle(scope, receive)
+            headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *extra_headers]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            elapsed = time.monotonic() - started
+            self.metrics.observe(status, elapsed)
+            self.log_access(access_log_line(scope, status, elapsed))
 
     async def handle(self, scope: dict, receive: Callable) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         try:
@@ -1725,7 +1761,7 @@ class WebhookIntake:
         raw_headers = scope["headers"]
         headers = dict(raw_headers)
         authenticate(config, headers)
-        body = await read_body(receive, headers, config, hold)
+        body = await read_body(scope, receive, headers, config, hold)
         self.metrics.bytes_received += len(body)
         if config.signature is not None:
             verify_signature(config.signature, headers, body, self.clock())
@@ -1800,6 +1836,19 @@ class WebhookIntake:
         return app
 
 
+def access_log_line(scope: dict, status: int, elapsed: float) -> str:
+    """One access-log line: client, request line (raw path), status, latency and user agent."""
+    client = scope.get("client") or ("-", 0)
+    agent = "-"
+    for key, value in scope["headers"]:
+        if key == b"user-agent":
+            agent = value.decode("latin-1")
+    # the raw (still percent-encoded) path: a decoded %0A could forge log lines
+    path = (scope.get("raw_path") or scope["path"].encode("unicode_escape")).decode("latin-1")
+    request_line = f"{scope['method']} {path} HTTP/{scope.get('http_version', '1.1')}"
+    return f'{client[0]}:{client[1]} - "{request_line}" {status} {elapsed * 1000:.1f}ms "{agent}"'
+
+
 class RequestMonitor:
     """Writes one access-log line per request, with the user agent, and feeds the status and latency metrics."""
 
@@ -1826,20 +1875,12 @@ class RequestMonitor:
         finally:
             elapsed = time.monotonic() - started
             self.metrics.observe(status, elapsed)
-            client = scope.get("client") or ("-", 0)
-            agent = "-"
-            for key, value in scope["headers"]:
-                if key == b"user-agent":
-                    agent = value.decode("latin-1")
-            # the raw (still percent-encoded) path: a decoded %0A could forge log lines
-            path = (scope.get("raw_path") or scope["path"].encode("unicode_escape")).decode("latin-1")
-            request_line = f"{scope['method']} {path} HTTP/{scope.get('http_version', '1.1')}"
-            self.write(f'{client[0]}:{client[1]} - "{request_line}" {status} {elapsed * 1000:.1f}ms "{agent}"')
+            self.write(access_log_line(scope, status, elapsed))
 
 
 class LogBuffer:
     """Collects log lines on the event loop and hands them to the demisto worker thread in batches,
-    so logging never blocks the event loop nor costs a thread hand-off per line."""
+    so logging never blocks the event loop nor costs a thread hand-off or a server round trip per line."""
 
     def __init__(self, executor: ThreadPoolExecutor, write: Callable[[str], Any], interval: float = 0.05) -> None:
         self.executor = executor
@@ -1863,9 +1904,11 @@ class LogBuffer:
             self.flush()
 
     def flush(self) -> None:
+        """One demisto call for all lines waiting, not one per line. Ends with a newline: IntegrationLogger, as
+        a stream, holds text back until it sees one."""
         lines, self.lines = self.lines, []
-        for line in lines:
-            self.write(line)
+        if lines:
+            self.write("\n".join(lines) + "\n")
 
 
 class DemistoLogHandler(logging.Handler):
@@ -1930,8 +1973,7 @@ def make_webhook_app(config: WebhookConfig, executor: ThreadPoolExecutor) -> "We
     metrics = Metrics()
     sink = IncidentSink(config)
     batcher = IncidentBatcher(sink, executor, config.batch_max_incidents, config.batch_max_wait_ms)
-    monitor = RequestMonitor(WebhookIntake(config, batcher, metrics, log_error), log_info, metrics)
-    return WebhookApp(monitor, executor, log_info, sink)
+    return WebhookApp(WebhookIntake(config, batcher, metrics, log_error, log_info), executor, log_info, sink)
 
 
 class WebhookApp:
@@ -1967,72 +2009,134 @@ class WebhookApp:
                 await loop.run_in_executor(self.executor, demisto.error, f"Generic Webhook: flush failed: {error}")
 
 
+class ConnectionDeadlines:
+    """The deadlines of every connection of one event loop, checked by one timer every DEADLINE_CHECK_SECONDS:
+    a request costs no timer of its own, only a timestamp (deadlines are enforced to within that interval)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.connections: set[Any] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, connection: Any) -> None:
+        self.connections.add(connection)
+        if self.timer is None:
+            self.timer = self.loop.call_later(DEADLINE_CHECK_SECONDS, self.check)
+
+    def discard(self, connection: Any) -> None:
+        self.connections.discard(connection)
+
+    def check(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        for connection in list(self.connections):
+            connection.check_deadline(now)
+        if self.connections:
+            self.timer = self.loop.call_later(DEADLINE_CHECK_SECONDS, self.check)
+
+
+def _closing_response(status_line: bytes, error: str, detail: str) -> bytes:
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    return (
+        status_line + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+BODY_TIMEOUT_RESPONSE = _closing_response(b"HTTP/1.1 408 Request Timeout", "request_timeout", BODY_TIMEOUT_DETAIL)
+HEADERS_TOO_LARGE_RESPONSE = _closing_response(
+    b"HTTP/1.1 431 Request Header Fields Too Large",
+    "headers_too_large",
+    f"The request head is over {MAX_HEADER_BYTES} bytes.",
+)
+
+
 def guarded_http_protocol() -> Any:
-    """uvicorn's httptools protocol with two guards it lacks: the request head (request line and headers)
-    must arrive within HEADER_TIMEOUT_SECONDS and fit in MAX_HEADER_BYTES, so idle and slow-loris
-    connections are closed and endless headers are refused (431). Without httptools: h11, whose own
-    incomplete-event limit bounds the head (no head timeout there)."""
+    """uvicorn's httptools protocol with the guards it lacks, enforced by the connection itself:
+    - the request head (request line and headers) must arrive within HEADER_TIMEOUT_SECONDS and fit in
+      MAX_HEADER_BYTES, so idle and slow-loris connections are closed and endless headers are refused (431);
+    - the body must not pause for over BODY_IDLE_TIMEOUT_SECONDS nor take over BODY_TOTAL_TIMEOUT_SECONDS in
+      all: the connection answers 408 and closes, and the app's pending receive() sees the disconnect (the
+      scope's BODY_GUARD_KEY says so, and read_body then sets no timer of its own).
+    Without httptools: h11, whose own incomplete-event limit bounds the head (no head timeout there; read_body
+    times the body)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
         return "h11"
-    needed = ("connection_made", "connection_lost", "data_received", "on_message_begin", "on_headers_complete")
+    needed = (
+        "connection_made",
+        "connection_lost",
+        "data_received",
+        "on_message_begin",
+        "on_headers_complete",
+        "on_message_complete",
+    )
     if not all(callable(getattr(HttpToolsProtocol, name, None)) for name in needed):
         return "auto"  # a uvicorn whose internals differ: serve unguarded rather than not at all
+    deadlines_of: dict[asyncio.AbstractEventLoop, ConnectionDeadlines] = {}
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            loop = self.loop
+            deadlines = deadlines_of.get(loop)
+            if deadlines is None:
+                deadlines = deadlines_of[loop] = ConnectionDeadlines(loop)
+            self._deadlines = deadlines
             self._head_bytes = 0
-            self._reading_head = True
-            self._head_timer: asyncio.TimerHandle | None = None
-            self._arm_head_timer()
+            self._phase = HEAD_PHASE
+            self._deadline = loop.time() + HEADER_TIMEOUT_SECONDS
+            self._body_deadline = 0.0
+            deadlines.add(self)
 
-        def _arm_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-            self._head_timer = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self._head_timed_out)
-
-        def _head_timed_out(self) -> None:
-            self._head_timer = None
-            if self._reading_head and not self.transport.is_closing():
-                self.transport.close()
+        def check_deadline(self, now: float) -> None:
+            if self._phase is None or now < self._deadline or self.transport.is_closing():
+                return
+            if self._phase == BODY_PHASE:
+                self.scope[BODY_GUARD_KEY] = BODY_TIMED_OUT
+                cycle = getattr(self, "cycle", None)
+                if cycle is not None and not getattr(cycle, "response_started", True):
+                    self.transport.write(BODY_TIMEOUT_RESPONSE)
+            self._phase = None
+            self.transport.close()
 
         def data_received(self, data: bytes) -> None:
             # Count only data that arrives while a head is being read: with pipelining, a chunk that starts
             # in the previous request's body is not the next head's (that head is counted from its next chunk).
-            counts = self._reading_head
+            counts = self._phase == HEAD_PHASE
             super().data_received(data)
-            if counts and self._reading_head and not self.transport.is_closing():
+            if self._phase == BODY_PHASE:  # each chunk of the body moves the idle deadline on
+                self._deadline = min(self.loop.time() + BODY_IDLE_TIMEOUT_SECONDS, self._body_deadline)
+            elif counts and self._phase == HEAD_PHASE and not self.transport.is_closing():
                 self._head_bytes += len(data)
                 if self._head_bytes > MAX_HEADER_BYTES:
-                    body = json.dumps(
-                        {"error": "headers_too_large", "detail": f"The request head is over {MAX_HEADER_BYTES} bytes."}
-                    ).encode()
-                    self.transport.write(
-                        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                        b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-                    )
+                    self._phase = None
+                    self.transport.write(HEADERS_TOO_LARGE_RESPONSE)
                     self.transport.close()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            if not self._reading_head:  # the next request on a keep-alive connection
-                self._reading_head = True
+            self.scope[BODY_GUARD_KEY] = BODY_GUARDED
+            if self._phase is None:  # the next request on a keep-alive connection
+                self._phase = HEAD_PHASE
                 self._head_bytes = 0
-                self._arm_head_timer()
+                self._deadline = self.loop.time() + HEADER_TIMEOUT_SECONDS
 
         def on_headers_complete(self) -> None:
-            self._reading_head = False
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+            self._phase = BODY_PHASE
+            now = self.loop.time()
+            self._body_deadline = now + BODY_TOTAL_TIMEOUT_SECONDS
+            self._deadline = min(now + BODY_IDLE_TIMEOUT_SECONDS, self._body_deadline)
             super().on_headers_complete()
 
+        def on_message_complete(self) -> None:
+            self._phase = None
+            super().on_message_complete()
+
         def connection_lost(self, exc: Exception | None) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+            self._phase = None
+            self._deadlines.discard(self)
             super().connection_lost(exc)
 
     return GuardedHttpToolsProtocol

@@ -1483,3 +1483,189 @@ def test_test_module_rejects_bad_intake_params(params, message_part):
     """
     with pytest.raises(ConfigError, match=re.escape(message_part)):
         GenericWebhook.test_module({**PORT_PARAMS, **params})
+
+
+# ---------------------------------------------------------------- connection deadlines (head and body)
+
+
+@pytest.fixture
+def short_deadlines(monkeypatch):
+    """Head 1 s, body pause 0.6 s, body in all 1.5 s, checked every 0.1 s."""
+    monkeypatch.setattr(GenericWebhook, "HEADER_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(GenericWebhook, "BODY_IDLE_TIMEOUT_SECONDS", 0.6)
+    monkeypatch.setattr(GenericWebhook, "BODY_TOTAL_TIMEOUT_SECONDS", 1.5)
+    monkeypatch.setattr(GenericWebhook, "DEADLINE_CHECK_SECONDS", 0.1)
+
+
+@pytest.fixture
+def live_server(executor, mocker):
+    """Serves the app with the integration's uvicorn settings (guarded protocol) on a loopback port, in a thread;
+    yields (port, log lines) and stops the server afterwards."""
+    logged: list[str] = []
+    mocker.patch.object(demisto, "info", side_effect=lambda text: logged.extend(str(text).split("\n")))
+    config = WebhookConfig.from_params({**PORT_PARAMS, "metrics_enabled": True})
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = GenericWebhook.uvicorn.Server(GenericWebhook.server_config_for(config, make_webhook_app(config, executor)))
+    server.install_signal_handlers = lambda: None  # not the main thread
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started
+    yield sock.getsockname()[1], logged
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection (or `limit` seconds pass), and when it closed."""
+    started = time.monotonic()
+    received = b""
+    sock.settimeout(0.05)
+    while time.monotonic() - started < limit:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    return received, time.monotonic() - started
+
+
+def test_a_body_that_stops_gets_408_from_the_connection(short_deadlines, live_server, mocker):
+    """
+    Given the guarded protocol, with a body pause limit of 0.6 s
+    When a client sends the head and part of the body, then nothing more
+    Then it gets a 408 JSON answer and the connection closes soon after the limit; no incident is created, and the
+         access log records 408 for the request.
+    """
+    port, logged = live_server
+    create = mocker.patch.object(demisto, "createIncidents", return_value=[])
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        answer, took = read_until_closed(client, limit=5)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "request_timeout"
+    assert 0.5 < took < 2.0
+    create.assert_not_called()
+    deadline = time.monotonic() + 3
+    while not any('"POST / HTTP/1.1" 408' in line for line in logged) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any('"POST / HTTP/1.1" 408' in line for line in logged), logged
+
+
+def test_a_slow_steady_body_is_cut_at_the_total_limit_not_before(short_deadlines, live_server, mocker):
+    """
+    Given a body pause limit of 0.6 s and a total body limit of 1.5 s
+    When a client sends its body one byte every 0.3 s (never pausing too long)
+    Then the connection stays open past the pause limit, and answers 408 and closes at about the total limit.
+    """
+    port, _ = live_server
+    mocker.patch.object(demisto, "createIncidents", return_value=[])
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
+        started = time.monotonic()
+        client.settimeout(0.3)
+        answer = b""
+        while time.monotonic() - started < 4:
+            try:
+                client.sendall(b" ")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            try:
+                chunk = client.recv(65536)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert 1.3 < took < 2.5
+
+
+def test_an_idle_connection_and_a_slow_head_are_closed_and_requests_on_time_are_served(short_deadlines, live_server):
+    """
+    Given a request head limit of 1 s
+    When one connection sends nothing, one sends a head line every 0.4 s, and a keep-alive client sends two
+         prompt requests 1.2 s apart
+    Then the first two are closed without an answer soon after 1 s, and the keep-alive client is served both times
+         (its head deadline starts with each request, not with the connection).
+    """
+    port, _ = live_server
+    with (
+        socket.create_connection(("127.0.0.1", port)) as idle,
+        socket.create_connection(("127.0.0.1", port)) as slow,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        assert client.post("/", json={"name": "first"}).status_code == 200
+        started = time.monotonic()
+        slow.sendall(b"POST / HTTP/1.1\r\n")
+        slow.settimeout(0.4)
+        closed_at = None
+        while time.monotonic() - started < 4 and closed_at is None:
+            try:
+                slow.sendall(b"X-Slow: 1\r\n")
+                if slow.recv(1) == b"":
+                    closed_at = time.monotonic() - started
+            except TimeoutError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed_at = time.monotonic() - started
+        assert closed_at is not None and 0.9 < closed_at < 2.0
+        answer, _ = read_until_closed(idle, limit=2)
+        assert answer == b""
+        time.sleep(max(0.0, 1.2 - (time.monotonic() - started)))
+        assert client.post("/", json={"name": "second"}).status_code == 200
+
+
+def test_read_body_times_out_by_itself_without_the_guarded_protocol(monkeypatch):
+    """
+    Given a scope from a server without the guarded protocol (no body guard key) and a body pause limit of 0.1 s
+    When the client sends part of the body and then nothing
+    Then read_body raises 408 request_timeout on its own.
+    """
+    monkeypatch.setattr(GenericWebhook, "BODY_IDLE_TIMEOUT_SECONDS", 0.1)
+    messages = [{"type": "http.request", "body": b"{", "more_body": True}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(10)
+
+    config = WebhookConfig.from_params(PORT_PARAMS)
+
+    async def scenario():
+        return await GenericWebhook.read_body({"type": "http"}, receive, {}, config, lambda size: None)
+
+    with pytest.raises(GenericWebhook.RequestError) as raised:
+        asyncio.run(asyncio.wait_for(scenario(), 5))
+    assert raised.value.status == 408
+
+
+def test_the_access_log_reaches_the_server_in_one_call_per_flush(executor, mocker):
+    """
+    Given the access log's buffer
+    When three lines are written on the event loop
+    Then the worker writes them in one call, one line each, in order, ending with a newline (which the real
+         IntegrationLogger needs before it passes text on).
+    """
+    written: list[str] = []
+    buffer = GenericWebhook.LogBuffer(executor, written.append, interval=0.01)
+
+    async def scenario():
+        for number in range(3):
+            buffer(f"line {number}")
+        await asyncio.sleep(0.1)
+
+    asyncio.run(scenario())
+    executor.submit(lambda: None).result(5)
+    assert written == ["line 0\nline 1\nline 2\n"]
