@@ -50,7 +50,7 @@ class Options:
 def _start(scenario: Scenario, workdir: Path, secret: str) -> Target:
     name = "bench_" + scenario.key.replace("'", "_samples").replace("-", "_")
     if not scenario.webhook:
-        return start_bare_app(workdir)
+        return start_bare_app(workdir, floor=scenario.key == "floor")
     params = webhook_params(store_samples=bool(scenario.samples), secret=secret)
     if scenario.via == "reroute":
         return start_gateway(workdir, name, params, secret)
@@ -123,7 +123,7 @@ def run(options: Options) -> tuple[dict[str, Any], str]:
             for item in scenarios:
                 target = targets[item.key]
                 target.wait_ready(client, deadline)
-                if item.via == "reroute":
+                if target.api_url is not None:
                     find_instance_pid(target, client)
         _say(f"bench: all serving after {time.monotonic() - started_at:.1f} s; warming up ...")
         for item in scenarios:

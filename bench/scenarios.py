@@ -27,6 +27,7 @@ class Scenario:
 
 SCENARIOS = (
     Scenario("a", "bare ASGI app (ceiling)", SINGLE, webhook=False),
+    Scenario("floor", "bare app + parse, rawJSON, JSON answer", SINGLE, webhook=False),
     Scenario("b", "webhook, direct, samples off", SINGLE, webhook=True, samples=False),
     Scenario("b'", "webhook, direct, samples on", SINGLE, webhook=True, samples=True),
     Scenario("c", "webhook via reroute, samples off", SINGLE, webhook=True, samples=False, via="reroute"),

@@ -177,9 +177,16 @@ def assert_no_traceback(instance: Instance, *, but_of: str = "") -> None:
     (return_error logs the traceback of the exception being handled, as the real CommonServerPython does, so a
     test-module that raises ConfigError logs one by design.)
     """
-    for line in instance.stderr().splitlines():
-        if "Traceback" in line:
-            assert but_of and f"{but_of}: " in line, instance.stderr()[-3000:]
+    lines = instance.stderr().splitlines()
+    for number, line in enumerate(lines):
+        if "Traceback" not in line:
+            continue
+        # A traceback spans lines (each with the log prefix); it ends at the first line that is not indented.
+        last = next(
+            (text for text in lines[number + 1 :] if not text.split(" ", 2)[-1].startswith(" ")),
+            line,
+        )
+        assert but_of and f"{but_of}: " in last, instance.stderr()[-3000:]
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ DEADLINE_CHECK_SECONDS = 0.5  # how often the connections' head and body deadlin
 HEAD_PHASE = "head"  # what a connection is reading (None: nothing it must be timed for)
 BODY_PHASE = "body"
 # In the scope of a request served by the guarded protocol, which enforces the body deadlines itself.
-BODY_GUARD_KEY = "generic_webhook.body_guard"
+BODY_GUARD_KEY = "generic_webhook_body_guard"
 BODY_GUARDED = "guarded"
 BODY_TIMED_OUT = "timed_out"
 BODY_TIMEOUT_DETAIL = (
