@@ -161,8 +161,7 @@ def markdown(report: dict[str, Any], results: list[Measured]) -> str:
         "",
         "req/s and incidents/s: all rounds' responses over their time; p99: median of the rounds' p99; vs (a): median"
         " of the rounds' req/s ratios to (a) measured in the same round; CPU µs/req: CPU time of the server"
-        " process(es) per response (for the webhook: instance + platform, which serves its demisto calls and, for c,"
-        " the reroute).",
+        " process(es) per response (for c, gateway + instance).",
         "",
         "| scenario | body | req/s | incidents/s | p50 ms | p99 ms | peak RSS MiB | vs (a) | CPU µs/req | integrity |",
         "|---|---|---:|---:|---:|---:|---|---:|---:|---|",

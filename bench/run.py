@@ -123,7 +123,7 @@ def run(options: Options) -> tuple[dict[str, Any], str]:
             for item in scenarios:
                 target = targets[item.key]
                 target.wait_ready(client, deadline)
-                if target.api_url is not None:
+                if item.via == "reroute":
                     find_instance_pid(target, client)
         _say(f"bench: all serving after {time.monotonic() - started_at:.1f} s; warming up ...")
         for item in scenarios:

@@ -20,6 +20,9 @@ from typing import Any
 import httpx
 import yaml
 
+from xsoar_local.packs import find_integration, load_pack
+from xsoar_local.params import resolve_params
+from xsoar_local.runner import runner_command, runner_env
 from xsoar_local.store import Store, open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,8 +98,7 @@ class Target:
     store_path: Path | None = None
     instance: str | None = None
     headers: dict[str, str] = field(default_factory=dict)  # sent with every event request
-    pids: dict[str, int] = field(default_factory=dict)  # role -> pid, for peak RSS and CPU time
-    api_url: str | None = None  # the platform's read API, for a target under xsoar-local
+    pids: dict[str, int] = field(default_factory=dict)  # role -> pid, for peak RSS
     _store: Store | None = field(default=None, repr=False)
 
     @property
@@ -219,20 +221,39 @@ def webhook_params(*, store_samples: bool, secret: str, port: int | None = None)
 
 
 def start_instance(workdir: Path, name: str, params: dict[str, Any], secret: str) -> Target:
-    """The instance under `xsoar-local up`, as the platform runs it (its demisto calls are served by the platform
-    process, like the real server's); events go straight to its listen port."""
-    return _start_platform(workdir, name, params, secret, direct=True)
+    """The integration's own process, started the way the platform starts it, on its own store file."""
+    port = free_port()
+    _, integration = find_integration([load_pack(PACK)], INTEGRATION)
+    resolved = resolve_params(name, integration, {**params, "longRunningPort": port})
+    store_path = workdir / f"{name}.db"
+    open_store(store_path).close()  # the platform creates the store before it starts instances
+    env = runner_env(
+        instance=name,
+        integration=integration.name,
+        params=resolved,
+        command="long-running-execution",
+        store_path=store_path,
+    )
+    log_path = workdir / f"{name}.log"
+    process = _popen(runner_command(PACK, INTEGRATION), log_path, env)
+    base = f"http://{LOOPBACK}:{port}"
+    return Target(
+        name,
+        f"{base}/",
+        f"{base}/health",
+        process,
+        log_path,
+        store_path=store_path,
+        instance=name,
+        headers={AUTH_HEADER: secret},
+        pids={"instance": process.pid},
+    )
 
 
 def start_gateway(workdir: Path, name: str, params: dict[str, Any], secret: str) -> Target:
-    """The same, with events going through the reroute, /instance/execute/<name>."""
-    return _start_platform(workdir, name, params, secret, direct=False)
-
-
-def _start_platform(workdir: Path, name: str, params: dict[str, Any], secret: str, *, direct: bool) -> Target:
+    """`xsoar-local up` with one external instance; events go through /instance/execute/<name>."""
     data_dir = workdir / "xsoar-local"
     port = free_port()
-    listen_port = free_port()
     config = {
         "server": {
             "host": LOOPBACK,
@@ -246,7 +267,7 @@ def _start_platform(workdir: Path, name: str, params: dict[str, Any], secret: st
                 "name": name,
                 "integration": INTEGRATION,
                 "enabled": True,
-                "params": {**params, "longRunningPort": listen_port},
+                "params": {**params, "longRunningPort": free_port()},
             }
         ],
     }
@@ -254,24 +275,24 @@ def _start_platform(workdir: Path, name: str, params: dict[str, Any], secret: st
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     log_path = workdir / "xsoar-local.log"
     process = _popen([sys.executable, "-m", "xsoar_local", "up", "--config", str(config_path)], log_path)
-    base = f"http://{LOOPBACK}:{listen_port}" if direct else f"http://{LOOPBACK}:{port}/instance/execute/{name}"
+    base = f"http://{LOOPBACK}:{port}"
     return Target(
         name,
-        f"{base}/" if direct else base,
-        f"{base}/health",
+        f"{base}/instance/execute/{name}",
+        f"{base}/instance/execute/{name}/health",
         process,
         log_path,
         store_path=data_dir / "xsoar-local.db",
         instance=name,
         headers={AUTH_HEADER: secret},
-        pids={"platform": process.pid},
-        api_url=f"http://{LOOPBACK}:{port}",
+        pids={"gateway": process.pid},
     )
 
 
 def find_instance_pid(target: Target, client: httpx.Client) -> None:
-    """Record the pid of the platform's instance process, from `GET /instances`."""
-    for item in client.get(f"{target.api_url}/instances", timeout=5).json():
+    """Record the pid of the gateway's instance process, from `GET /instances`."""
+    base = target.url.split("/instance/execute/")[0]
+    for item in client.get(f"{base}/instances", timeout=5).json():
         if item.get("name") == target.instance and item.get("pid"):
             target.pids["instance"] = int(item["pid"])
             return

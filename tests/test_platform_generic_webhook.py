@@ -53,22 +53,6 @@ def test_a_post_through_the_reroute_creates_an_incident_everyone_shows(platform:
     assert "Generic event" in platform.client.get("/").text
 
 
-def test_the_instance_reaches_platform_state_only_through_its_server_api_channel(platform: Platform) -> None:
-    """Given the default config running, when an event is posted, then the incident exists, and the instance's
-    process has no handle on the store file: its demisto calls were round trips to the platform, as on the real
-    server (the platform holds the store)."""
-    token = {"Authorization": secret(platform.config_path)}
-    response = httpx.post(f"{platform.url}/instance/execute/webhook", headers=token, json={"name": "Via the channel"})
-    assert response.status_code == 200, response.text
-    (instance,) = [item for item in platform.client.get("/instances").json() if item["name"] == "webhook"]
-    store_file = str((platform.config_path.parent / ".xsoar-local" / "xsoar-local.db").resolve())
-    links = [str(fd.readlink()) for fd in Path(f"/proc/{instance['pid']}/fd").iterdir()]
-    opened = {str(Path(link).resolve()) for link in links if link.startswith("/")}
-    assert not any(path.startswith(store_file) for path in opened), opened  # nor its -wal and -shm files
-    assert any(link.startswith("socket:") for link in links)
-    assert response.json()[0]["id"] in [item["id"] for item in platform.client.get("/incidents").json()]
-
-
 def test_a_sub_path_with_a_query_string_is_served(platform: Platform) -> None:
     token = {"Authorization": secret(platform.config_path)}
 

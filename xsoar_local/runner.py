@@ -24,7 +24,6 @@ from typing import Any
 from xsoar_local.errors import XsoarLocalError
 from xsoar_local.packs import find_integration, load_pack
 from xsoar_local.params import LISTEN_PORT_PARAM
-from xsoar_local.server_api import SERVER_FD_VAR
 
 SCRIPT_ENV_DIR = Path(__file__).resolve().parent / "script_env"
 
@@ -49,13 +48,12 @@ def runner_env(
     store_path: Path | None,
     results_file: Path | None = None,
     fetch_samples: bool = False,
-    server_fd: int | None = None,
 ) -> dict[str, str]:
     """The environment of a runner process: this one's, with the script-environment variables replaced."""
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith("DEMISTO_") and key not in ("XSOAR_LOCAL_STORE", SERVER_FD_VAR, PARENT_PID_VAR)
+        if not key.startswith("DEMISTO_") and key not in ("XSOAR_LOCAL_STORE", PARENT_PID_VAR)
     }
     env.update(
         DEMISTO_PARAMS=json.dumps(_as_served(params)),
@@ -68,8 +66,6 @@ def runner_env(
         GENERIC_WEBHOOK_BIND_HOST="127.0.0.1",
         **{PARENT_PID_VAR: str(os.getpid())},
     )
-    if server_fd is not None:  # platform state through the server API channel (it wins over a store path)
-        env[SERVER_FD_VAR] = str(server_fd)
     if store_path is not None:
         env["XSOAR_LOCAL_STORE"] = str(store_path)
     if results_file is not None:

@@ -69,7 +69,7 @@ async def serve(
 ) -> None:
     """Run the gateway on `sock` and every supervised instance until a stop signal; then stop them all."""
     store = open_store(config.server.store_path)
-    supervisor = Supervisor(instances, store=store, log_dir=config.server.log_dir)
+    supervisor = Supervisor(instances, store=store, store_path=config.server.store_path, log_dir=config.server.log_dir)
     upstream = upstream_pool(config.server)
     app = create_app(
         instances=instances,

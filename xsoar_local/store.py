@@ -41,7 +41,6 @@ class Store(Protocol):
     def get_last_run(self, instance: str) -> dict[str, Any]: ...
     def set_last_run(self, instance: str, obj: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
-    def release_thread(self) -> None: ...
 
 
 def open_store(path: str | os.PathLike[str] | None) -> Store:
@@ -194,9 +193,6 @@ class MemoryStore:
             self._last_runs[instance] = _copy(obj)
 
     def close(self) -> None:
-        pass
-
-    def release_thread(self) -> None:
         pass
 
 
@@ -398,14 +394,3 @@ class SqliteStore:
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
-
-    def release_thread(self) -> None:
-        """Closes the calling thread's connection (a thread that is about to end: its connection would stay open)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            return
-        self._local.conn = None
-        with self._connections_lock:
-            if conn in self._connections:
-                self._connections.remove(conn)
-        conn.close()

@@ -25,7 +25,6 @@ from xsoar_local.instances import Instance
 from xsoar_local.masking import mask_secrets, secret_values
 from xsoar_local.ports import INSTANCE_HOST
 from xsoar_local.runner import runner_command, runner_env
-from xsoar_local.server_api import open_channel
 from xsoar_local.store import Store
 
 log = logging.getLogger(__name__)
@@ -89,12 +88,14 @@ class Supervisor:
         instances: list[Instance],
         *,
         store: Store,
+        store_path: Path,
         log_dir: Path,
         backoff: Backoff | None = None,
         stop_timeout: float = 5.0,
     ) -> None:
         self.processes = {item.name: InstanceProcess(item) for item in instances if item.supervised}
         self._store = store
+        self._store_path = store_path
         self._log_dir = log_dir
         self._backoff = backoff or Backoff()
         self._stop_timeout = stop_timeout
@@ -165,41 +166,23 @@ class Supervisor:
     async def _run_once(self, item: InstanceProcess) -> str:
         """Run the instance's process until it exits; returns why it exited."""
         instance = item.instance
-        # The process's demisto calls are served here, over a channel of its own (as the real server does).
-        channel, process_end = open_channel(self._store, instance.name)
-        try:
-            with self.log_path(instance.name).open("ab") as log_file:
-                log_file.write(f"--- {_now()} xsoar-local: starting {LONG_RUNNING_EXECUTION}\n".encode())
-                log_file.flush()
-                item.process = process = await asyncio.create_subprocess_exec(
-                    *runner_command(instance.pack.path, instance.integration.id),
-                    env=runner_env(
-                        instance=instance.name,
-                        integration=instance.integration.name,
-                        params=instance.params,
-                        command=LONG_RUNNING_EXECUTION,
-                        store_path=None,  # state goes through the channel
-                        server_fd=process_end.fileno(),
-                    ),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=log_file,
-                    start_new_session=True,
-                    pass_fds=(process_end.fileno(),),
-                )
-        except BaseException:
-            channel.close()
-            raise
-        finally:
-            process_end.close()  # the process has its own copy
-        try:
-            return await self._watch(item, process)
-        finally:
-            channel.close()
-
-    async def _watch(self, item: InstanceProcess, process: asyncio.subprocess.Process) -> str:
-        """Wait for the started process to listen, then to exit; returns why it exited."""
-        instance = item.instance
+        with self.log_path(instance.name).open("ab") as log_file:
+            log_file.write(f"--- {_now()} xsoar-local: starting {LONG_RUNNING_EXECUTION}\n".encode())
+            log_file.flush()
+            item.process = process = await asyncio.create_subprocess_exec(
+                *runner_command(instance.pack.path, instance.integration.id),
+                env=runner_env(
+                    instance=instance.name,
+                    integration=instance.integration.name,
+                    params=instance.params,
+                    command=LONG_RUNNING_EXECUTION,
+                    store_path=self._store_path,
+                ),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                start_new_session=True,
+            )
         log.info("instance %r: %s started (pid %d)", instance.name, LONG_RUNNING_EXECUTION, process.pid)
         exited = asyncio.ensure_future(process.wait())
         timed_out = False

@@ -1,8 +1,7 @@
 """The `demisto` object of the script environment: the server-side API an integration calls.
 
 Configured from environment variables at import (see docs/script-env-contract.md); state lives in an
-`xsoar_local.store` backend, in memory by default or in the SQLite file named by `XSOAR_LOCAL_STORE`, or, for an
-instance the platform supervises, behind the platform's server API channel (`XSOAR_LOCAL_SERVER_FD`).
+`xsoar_local.store` backend, in memory by default or in the SQLite file named by `XSOAR_LOCAL_STORE`.
 Every function is safe to call from several threads.
 """
 
@@ -19,11 +18,9 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from xsoar_local.server_api import SERVER_FD_VAR, RemoteStore
     from xsoar_local.store import Store, open_store
 except ModuleNotFoundError:  # this folder used straight from a checkout, without the package installed
     sys.path.append(str(Path(__file__).resolve().parents[2]))
-    from xsoar_local.server_api import SERVER_FD_VAR, RemoteStore
     from xsoar_local.store import Store, open_store
 
 LOG_LEVELS = {"debug": 10, "info": 20, "error": 40}
@@ -75,11 +72,7 @@ def load_env(environ: Mapping[str, str] = os.environ, *, with_store: bool = True
         "IsFetchSamples": _IS_FETCH_SAMPLES,
     }
     if with_store:
-        channel = environ.get(SERVER_FD_VAR)
-        if channel:  # started by the platform: platform state is served over the channel, as on the real server
-            use_channel(int(channel))
-        else:
-            use_store(environ.get("XSOAR_LOCAL_STORE") or None)
+        use_store(environ.get("XSOAR_LOCAL_STORE") or None)
 
 
 def use_store(path: str | os.PathLike[str] | None) -> Store:
@@ -89,14 +82,6 @@ def use_store(path: str | os.PathLike[str] | None) -> Store:
         previous, _store = _store, open_store(path)
     previous.close()
     return _store
-
-
-def use_channel(fd: int) -> None:
-    """Switch the backend to the platform's server API channel on descriptor `fd` (see xsoar_local.server_api)."""
-    global _store
-    with _lock:
-        previous, _store = _store, RemoteStore.from_fd(fd, _INSTANCE)  # type: ignore[assignment]
-    previous.close()
 
 
 def get_store() -> Store:
