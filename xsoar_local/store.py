@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,12 +49,12 @@ def open_store(path: str | os.PathLike[str] | None) -> Store:
 
 
 def utc_now() -> str:
-    return _iso(datetime.now(UTC))
+    return _iso(datetime.now(timezone.utc))
 
 
 def _iso(moment: datetime) -> str:
     # One fixed format, so that `created` values compare correctly as strings.
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def normalize_since(since: str) -> str:
@@ -62,7 +62,7 @@ def normalize_since(since: str) -> str:
     the format can hold."""
     moment = datetime.fromisoformat(since)
     try:
-        return _iso(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+        return _iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
     except OverflowError:
         raise ValueError(f"{since!r} is out of range in UTC") from None
 

@@ -13,7 +13,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +152,7 @@ def _log(level: str, msg: Any) -> None:
         return
     # One stderr line per line of the message, each with the time and level: a message cannot pass off a
     # line of its own as a separate entry (it always follows a real prefix).
-    prefix = f"{datetime.now(UTC).isoformat(timespec='milliseconds').replace('+00:00', 'Z')} {level.upper()} "
+    prefix = f"{datetime.now(timezone.utc).isoformat(timespec='milliseconds').replace('+00:00', 'Z')} {level.upper()} "
     lines = str(msg).replace("\r", "").split("\n")
     text = "".join(f"{prefix}{line}\n" for line in lines)
     with _lock:

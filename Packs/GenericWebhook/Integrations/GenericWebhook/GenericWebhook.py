@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import ssl
 import tempfile
@@ -99,6 +100,12 @@ VALID_SEVERITIES = frozenset({0, 0.5, 1, 2, 3, 4})
 SIGNATURE_SCHEMES = ("None", "Generic HMAC", "GitHub", "Slack", "Stripe", "Standard Webhooks")
 SIGNATURE_ALGORITHMS = ("sha1", "sha256", "sha512")
 SIGNATURE_ENCODINGS = ("hex", "base64")
+# ISO-8601 as senders write it: a date, then optionally a time (any number of fraction digits) and a zone.
+ISO_TIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})"
+    r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,]\d+)?)?)?"
+    r"(?:[Zz]|[+-](\d{2}):?(\d{2}))?"
+)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 """ ERRORS """
@@ -1039,12 +1046,31 @@ def _occurred(value: Any) -> str | None:
         except (OverflowError, OSError, ValueError):
             raise ValueError(f"occurred {value} is not a valid epoch time.") from None
     if isinstance(value, str):
-        try:
-            datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"occurred `{value[:64]}` is not an ISO-8601 time such as 2024-05-01T12:00:00Z.") from None
+        if not is_iso_time(value):
+            raise ValueError(f"occurred `{value[:64]}` is not an ISO-8601 time such as 2024-05-01T12:00:00Z.")
         return value
     raise ValueError(f"occurred must be an ISO-8601 time or epoch seconds, not {_json_kind(value)}.")
+
+
+def is_iso_time(text: str) -> bool:
+    """Whether `text` is an ISO-8601 time that names a real moment. The forms senders use (RFC 3339 with any
+    number of fraction digits, `,` or `.`, `+hhmm`, a space for `T`, a date alone) are checked here, the same on
+    every Python (3.10's datetime.fromisoformat refuses most of them); other forms go to fromisoformat."""
+    match = ISO_TIME.fullmatch(text)
+    if match is None:
+        try:
+            datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            return False
+        return True
+    year, month, day, hour, minute, second, offset_hours, offset_minutes = (
+        int(group) if group else 0 for group in match.groups()
+    )
+    try:
+        datetime(year, month, day, hour, minute, second)
+    except ValueError:  # Feb 30, hour 24, minute 60, ...
+        return False
+    return offset_hours < 24 and offset_minutes < 60
 
 
 def _severity(value: Any) -> float | int:

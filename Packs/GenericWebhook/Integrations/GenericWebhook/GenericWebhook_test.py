@@ -254,6 +254,44 @@ def test_bad_bodies_get_400_naming_the_problem(make_client, mocker, body, error,
     assert create.call_count == 0
 
 
+@pytest.mark.parametrize(
+    "occurred",
+    [
+        "2024-05-01T12:00:00Z",
+        "2024-05-01T12:00:00.123456789Z",  # nanoseconds, as Go and many SIEMs send
+        "2024-05-01T12:00:00.1+02:00",
+        "2024-05-01T12:00:00,5Z",
+        "2024-05-01T12:00:00+0000",
+        "2024-05-01t12:00:00z",
+        "2024-05-01 12:00:00",
+        "2024-05-01T12:00",
+        "2024-05-01",
+        "2024-02-29T23:59:59-11:30",
+    ],
+)
+def test_occurred_in_common_iso_forms_is_kept_as_sent_on_every_python(occurred):
+    """
+    Given an event whose occurred is ISO-8601 in a common form (RFC 3339, with any number of fraction digits)
+    When it becomes an incident
+    Then occurred is kept as sent, on Python 3.10 too (whose datetime.fromisoformat refuses most of these).
+    """
+    assert GenericWebhook._occurred(occurred) == occurred
+
+
+@pytest.mark.parametrize(
+    "occurred",
+    ["2024-02-30T00:00:00Z", "2024-05-01T24:00:00Z", "2024-05-01T12:60:00Z", "2024-05-01T12:00:00+24:00", "05/01/2024"],
+)
+def test_occurred_that_is_no_real_time_is_refused(occurred):
+    """
+    Given an occurred that looks like a time but names none (Feb 30, hour 24, minute 60, offset 24 h) or is not ISO
+    When it becomes an incident
+    Then ValueError naming occurred (answered 400 invalid_field).
+    """
+    with pytest.raises(ValueError, match="occurred"):
+        GenericWebhook._occurred(occurred)
+
+
 def test_lone_surrogates_become_one_replacement_character(make_client, mocker):
     """
     Given a name holding a lone surrogate (valid as a JSON escape, not storable as UTF-8)
