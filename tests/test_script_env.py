@@ -113,16 +113,21 @@ def test_log_lines_honor_the_log_level(capsys: pytest.CaptureFixture[str]) -> No
     """
     Given: DEMISTO_LOG_LEVEL=info
     When: logging at every level, with a multi-line message
-    Then: one `<time> <LEVEL> <text>` line per line of each message at info and above, all lines of a
-          message with the same prefix
+    Then: one `<time> <LEVEL> <text>` line per message at info and above, and each further line of a message as
+          `<time> <LEVEL>+ <text>` (text inside a message cannot pass for an entry); a final newline adds no line
     """
     demisto.load_env({"DEMISTO_LOG_LEVEL": "info"}, with_store=False)
     demisto.debug("hidden")
-    demisto.info("started\nlistening")
-    demisto.error("failed")
+    demisto.info("started\nlistening\n2026-01-01T00:00:00.000Z ERROR forged")
+    demisto.error("failed\n")
 
     lines = stderr_lines(capsys)
-    assert [line.split(" ", 1)[1] for line in lines] == ["INFO started", "INFO listening", "ERROR failed"]
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "INFO started",
+        "INFO+ listening",
+        "INFO+ 2026-01-01T00:00:00.000Z ERROR forged",
+        "ERROR failed",
+    ]
     assert lines[0].split(" ", 1)[0].endswith("Z")
     assert lines[0].split(" ", 1)[0] == lines[1].split(" ", 1)[0]
 

@@ -177,16 +177,28 @@ def assert_no_traceback(instance: Instance, *, but_of: str = "") -> None:
     (return_error logs the traceback of the exception being handled, as the real CommonServerPython does, so a
     test-module that raises ConfigError logs one by design.)
     """
-    lines = instance.stderr().splitlines()
-    for number, line in enumerate(lines):
-        if "Traceback" not in line:
+    for message in log_messages(instance.stderr()):
+        if "Traceback (most recent call last)" not in message:
             continue
-        # A traceback spans lines (each with the log prefix); it ends at the first line that is not indented.
-        last = next(
-            (text for text in lines[number + 1 :] if not text.split(" ", 2)[-1].startswith(" ")),
-            line,
-        )
+        # The exception a traceback ends with (the last of a chain) is its message's last unindented line.
+        last = [line for line in message.splitlines() if line.strip() and not line.startswith((" ", "\t"))][-1]
         assert but_of and f"{but_of}: " in last, instance.stderr()[-3000:]
+
+
+def log_messages(stderr: str) -> list[str]:
+    """The log's messages, their prefixes removed: a `<time> <LEVEL> ` line starts one, and `<time> <LEVEL>+ `
+    lines (and lines without a prefix, such as Python's own traceback output) continue it."""
+    messages: list[list[str]] = []
+    for line in stderr.splitlines():
+        parts = line.split(" ", 2)
+        prefixed = len(parts) == 3 and parts[0].endswith("Z") and parts[1].rstrip("+").isupper()
+        if prefixed and not parts[1].endswith("+"):
+            messages.append([parts[2]])
+        elif messages:
+            messages[-1].append(parts[2] if prefixed else line)
+        else:
+            messages.append([line])
+    return ["\n".join(lines) for lines in messages]
 
 
 @pytest.fixture

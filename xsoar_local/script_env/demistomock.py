@@ -150,11 +150,13 @@ def is_debug_mode() -> bool:
 def _log(level: str, msg: Any) -> None:
     if LOG_LEVELS[level] < LOG_LEVELS[LOG_LEVEL]:
         return
-    # One stderr line per line of the message, each with the time and level: a message cannot pass off a
-    # line of its own as a separate entry (it always follows a real prefix).
-    prefix = f"{datetime.now(timezone.utc).isoformat(timespec='milliseconds').replace('+00:00', 'Z')} {level.upper()} "
-    lines = str(msg).replace("\r", "").split("\n")
-    text = "".join(f"{prefix}{line}\n" for line in lines)
+    # One stderr line per line of the message, each with the time; the lines after the first are marked with
+    # `+` after the level, so that text inside a message cannot pass for an entry of its own.
+    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    text = str(msg).replace("\r", "")
+    first, *rest = (text[:-1] if text.endswith("\n") else text).split("\n")
+    label = level.upper()
+    text = f"{stamp} {label} {first}\n" + "".join(f"{stamp} {label}+ {line}\n" for line in rest)
     with _lock:
         sys.stderr.write(text)
         sys.stderr.flush()

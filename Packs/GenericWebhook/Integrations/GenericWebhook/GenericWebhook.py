@@ -4,6 +4,7 @@ from CommonServerPython import *  # noqa: F401
 import asyncio
 import base64
 import binascii
+import contextlib
 import errno
 import hashlib
 import hmac
@@ -100,11 +101,12 @@ VALID_SEVERITIES = frozenset({0, 0.5, 1, 2, 3, 4})
 SIGNATURE_SCHEMES = ("None", "Generic HMAC", "GitHub", "Slack", "Stripe", "Standard Webhooks")
 SIGNATURE_ALGORITHMS = ("sha1", "sha256", "sha512")
 SIGNATURE_ENCODINGS = ("hex", "base64")
-# ISO-8601 as senders write it: a date, then optionally a time (any number of fraction digits) and a zone.
+# ISO-8601 as senders write it (extended or basic format): a date, then optionally a time (any number of fraction
+# digits) and a zone. ASCII digits only.
 ISO_TIME = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})"
-    r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,]\d+)?)?)?"
-    r"(?:[Zz]|[+-](\d{2}):?(\d{2}))?"
+    r"(\d{4})-?(\d{2})-?(\d{2})"
+    r"(?:[Tt ](\d{2}):?(\d{2})(?::?(\d{2})(?:[.,]\d+)?)?(?:[Zz]|[+-](\d{2}):?(\d{2}))?)?",
+    re.ASCII,
 )
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -1053,16 +1055,13 @@ def _occurred(value: Any) -> str | None:
 
 
 def is_iso_time(text: str) -> bool:
-    """Whether `text` is an ISO-8601 time that names a real moment. The forms senders use (RFC 3339 with any
-    number of fraction digits, `,` or `.`, `+hhmm`, a space for `T`, a date alone) are checked here, the same on
-    every Python (3.10's datetime.fromisoformat refuses most of them); other forms go to fromisoformat."""
+    """Whether `text` is an ISO-8601 time that names a real moment, checked the same on every Python (3.10's
+    datetime.fromisoformat refuses most of what senders write): RFC 3339 with any number of fraction digits, `,`
+    or `.` before them, `+hhmm` offsets, a space for `T`, the basic format (20240501T120000Z) or a date alone.
+    Week and ordinal dates, and leap seconds (which the server's time parser refuses), are not accepted."""
     match = ISO_TIME.fullmatch(text)
     if match is None:
-        try:
-            datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            return False
-        return True
+        return False
     year, month, day, hour, minute, second, offset_hours, offset_minutes = (
         int(group) if group else 0 for group in match.groups()
     )
@@ -1869,6 +1868,8 @@ def access_log_line(scope: dict, status: int, elapsed: float) -> str:
     for key, value in scope["headers"]:
         if key == b"user-agent":
             agent = value.decode("latin-1")
+            if not agent.isprintable() or '"' in agent:  # control characters (NEL too) and quotes, escaped
+                agent = agent.encode("unicode_escape").decode("ascii").replace('"', '\\"')
     # the raw (still percent-encoded) path: a decoded %0A could forge log lines
     path = (scope.get("raw_path") or scope["path"].encode("unicode_escape")).decode("latin-1")
     request_line = f"{scope['method']} {path} HTTP/{scope.get('http_version', '1.1')}"
@@ -2055,10 +2056,18 @@ class ConnectionDeadlines:
     def check(self) -> None:
         self.timer = None
         now = self.loop.time()
-        for connection in list(self.connections):
-            connection.check_deadline(now)
-        if self.connections:
-            self.timer = self.loop.call_later(DEADLINE_CHECK_SECONDS, self.check)
+        try:
+            for connection in list(self.connections):
+                try:
+                    connection.check_deadline(now)
+                except Exception as error:  # one broken connection must not stop the checks of the others
+                    self.connections.discard(connection)
+                    with contextlib.suppress(Exception):
+                        connection.transport.close()
+                    logging.getLogger("uvicorn.error").error(f"Generic Webhook: connection deadline check: {error}")
+        finally:
+            if self.connections:
+                self.timer = self.loop.call_later(DEADLINE_CHECK_SECONDS, self.check)
 
 
 def _closing_response(status_line: bytes, error: str, detail: str) -> bytes:
@@ -2070,20 +2079,32 @@ def _closing_response(status_line: bytes, error: str, detail: str) -> bytes:
 
 
 BODY_TIMEOUT_RESPONSE = _closing_response(b"HTTP/1.1 408 Request Timeout", "request_timeout", BODY_TIMEOUT_DETAIL)
+HEADERS_TOO_LARGE_DETAIL = f"The request head is over {MAX_HEADER_BYTES} bytes."
 HEADERS_TOO_LARGE_RESPONSE = _closing_response(
-    b"HTTP/1.1 431 Request Header Fields Too Large",
-    "headers_too_large",
-    f"The request head is over {MAX_HEADER_BYTES} bytes.",
+    b"HTTP/1.1 431 Request Header Fields Too Large", "headers_too_large", HEADERS_TOO_LARGE_DETAIL
 )
+
+
+async def headers_too_large_app(scope: dict, receive: Callable, send: Callable) -> None:
+    """Answers a request whose head, complete, is over MAX_HEADER_BYTES: 431, and the connection closes."""
+    body = json.dumps({"error": "headers_too_large", "detail": HEADERS_TOO_LARGE_DETAIL}).encode()
+    headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 431, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def guarded_http_protocol() -> Any:
     """uvicorn's httptools protocol with the guards it lacks, enforced by the connection itself:
     - the request head (request line and headers) must arrive within HEADER_TIMEOUT_SECONDS and fit in
-      MAX_HEADER_BYTES, so idle and slow-loris connections are closed and endless headers are refused (431);
+      MAX_HEADER_BYTES, so idle and slow-loris connections are closed and endless headers are refused (431); an
+      idle keep-alive connection whose keep-alive timer uvicorn cancelled (stray bytes between requests) is held
+      to the head deadline too;
     - the body must not pause for over BODY_IDLE_TIMEOUT_SECONDS nor take over BODY_TOTAL_TIMEOUT_SECONDS in
       all: the connection answers 408 and closes, and the app's pending receive() sees the disconnect (the
       scope's BODY_GUARD_KEY says so, and read_body then sets no timer of its own).
+    While the server itself has stopped reading (the app has not taken the body yet), or an earlier request on the
+    connection is still being answered (pipelining), no deadline runs out: the client cannot be late then, and
+    closing would lose the earlier answer; a late pipelined request gets its 408 after that answer.
     Without httptools: h11, whose own incomplete-event limit bounds the head (no head timeout there; read_body
     times the body)."""
     try:
@@ -2116,30 +2137,62 @@ def guarded_http_protocol() -> Any:
             self._body_deadline = 0.0
             deadlines.add(self)
 
+        def _reading_paused(self) -> bool:
+            return bool(getattr(getattr(self, "flow", None), "read_paused", False))
+
         def check_deadline(self, now: float) -> None:
-            if self._phase is None or now < self._deadline or self.transport.is_closing():
+            if self.transport.is_closing():
+                self._deadlines.discard(self)  # connection_lost follows and would do the same
+                return
+            if self._phase is None:
+                return
+            if self._reading_paused() or self._queued():
+                # The server is not reading (the client cannot be late), or an earlier request on this connection
+                # is still being answered: closing now would lose that answer. Decided once it is sent.
+                self._deadline = max(self._deadline, now + DEADLINE_CHECK_SECONDS)
+                self._body_deadline = max(self._body_deadline, now + DEADLINE_CHECK_SECONDS)
+                return
+            if now < self._deadline:
                 return
             if self._phase == BODY_PHASE:
                 self.scope[BODY_GUARD_KEY] = BODY_TIMED_OUT
                 cycle = getattr(self, "cycle", None)
-                if cycle is not None and not getattr(cycle, "response_started", True):
+                # Only as the answer to this very request: nothing queued before it, nothing of its answer sent.
+                if cycle is not None and not getattr(cycle, "response_started", True) and not self._queued():
                     self.transport.write(BODY_TIMEOUT_RESPONSE)
             self._phase = None
             self.transport.close()
 
         def data_received(self, data: bytes) -> None:
             # Count only data that arrives while a head is being read: with pipelining, a chunk that starts
-            # in the previous request's body is not the next head's (that head is counted from its next chunk).
+            # in the previous request's body is not the next head's (that head is counted from its next chunk,
+            # and as a whole when it is complete, in on_headers_complete).
             counts = self._phase == HEAD_PHASE
             super().data_received(data)
+            if self.transport.is_closing():
+                return
             if self._phase == BODY_PHASE:  # each chunk of the body moves the idle deadline on
                 self._deadline = min(self.loop.time() + BODY_IDLE_TIMEOUT_SECONDS, self._body_deadline)
-            elif counts and self._phase == HEAD_PHASE and not self.transport.is_closing():
-                self._head_bytes += len(data)
-                if self._head_bytes > MAX_HEADER_BYTES:
-                    self._phase = None
-                    self.transport.write(HEADERS_TOO_LARGE_RESPONSE)
-                    self.transport.close()
+            elif self._phase == HEAD_PHASE:
+                if counts:
+                    self._head_bytes += len(data)
+                    if self._head_bytes > MAX_HEADER_BYTES:
+                        self._phase = None
+                        self.transport.write(HEADERS_TOO_LARGE_RESPONSE)
+                        self.transport.close()
+            elif self._idle():
+                # Bytes that start no request (say a stray CRLF) made uvicorn drop its keep-alive timer: the
+                # connection now waits for a head, and gets the head deadline.
+                self._phase = HEAD_PHASE
+                self._head_bytes = 0
+                self._deadline = self.loop.time() + HEADER_TIMEOUT_SECONDS
+
+        def _queued(self) -> bool:
+            return bool(getattr(self, "pipeline", None))
+
+        def _idle(self) -> bool:
+            cycle = getattr(self, "cycle", None)
+            return (cycle is None or getattr(cycle, "response_complete", False)) and not self._queued()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -2154,11 +2207,26 @@ def guarded_http_protocol() -> Any:
             now = self.loop.time()
             self._body_deadline = now + BODY_TOTAL_TIMEOUT_SECONDS
             self._deadline = min(now + BODY_IDLE_TIMEOUT_SECONDS, self._body_deadline)
-            super().on_headers_complete()
+            # The whole head, however it was cut into reads: the request line's target and every header line.
+            url, headers = getattr(self, "url", b""), getattr(self, "headers", ())
+            head_bytes = len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
+            if head_bytes <= MAX_HEADER_BYTES:
+                super().on_headers_complete()
+                return
+            app, self.app = self.app, headers_too_large_app
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
 
         def on_message_complete(self) -> None:
             self._phase = None
             super().on_message_complete()
+
+        def handle_websocket_upgrade(self) -> None:
+            self._phase = None
+            self._deadlines.discard(self)  # the connection goes to another protocol
+            super().handle_websocket_upgrade()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._phase = None
@@ -2178,6 +2246,7 @@ def server_config_for(config: WebhookConfig, app: Any) -> uvicorn.Config:
             log_config=None,
             access_log=False,
             http=guarded_http_protocol(),
+            ws="none",  # no WebSocket routes: an upgrade request is served as plain HTTP
             ssl_certfile=cert_path or None,
             ssl_keyfile=key_path or None,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,

@@ -267,6 +267,8 @@ def test_bad_bodies_get_400_naming_the_problem(make_client, mocker, body, error,
         "2024-05-01T12:00",
         "2024-05-01",
         "2024-02-29T23:59:59-11:30",
+        "20240501T120000Z",
+        "2024-05-01T1200",
     ],
 )
 def test_occurred_in_common_iso_forms_is_kept_as_sent_on_every_python(occurred):
@@ -280,7 +282,18 @@ def test_occurred_in_common_iso_forms_is_kept_as_sent_on_every_python(occurred):
 
 @pytest.mark.parametrize(
     "occurred",
-    ["2024-02-30T00:00:00Z", "2024-05-01T24:00:00Z", "2024-05-01T12:60:00Z", "2024-05-01T12:00:00+24:00", "05/01/2024"],
+    [
+        "2024-02-30T00:00:00Z",
+        "2024-05-01T24:00:00Z",
+        "2024-05-01T12:60:00Z",
+        "2024-05-01T12:00:00+24:00",
+        "05/01/2024",
+        "\u0662\u0660\u0662\u0664-\u0660\u0665-\u0660\u0661T12:00:00Z",  # Arabic-Indic digits
+        "2024-05-01Z",  # a zone without a time
+        "2024-05-01T12:00:00.Z",  # a fraction without digits
+        "2024-W18-3",  # week dates: not what senders write, and not the same on every Python
+        "2024-05-01T23:59:60Z",  # a leap second: the server's time parser refuses it
+    ],
 )
 def test_occurred_that_is_no_real_time_is_refused(occurred):
     """
@@ -1707,3 +1720,134 @@ def test_the_access_log_reaches_the_server_in_one_call_per_flush(executor, mocke
     asyncio.run(scenario())
     executor.submit(lambda: None).result(5)
     assert written == ["line 0\nline 1\nline 2\n"]
+
+
+def test_a_late_pipelined_request_does_not_cost_the_answer_of_the_one_before_it(short_deadlines, live_server, mocker):
+    """
+    Given a body pause limit of 0.6 s and a first request whose incident takes 1.5 s to create
+    When a second request is pipelined behind it with part of its body, and the rest never comes
+    Then the first is still answered 200 with its incident (closing at 0.6 s would lose that answer, and the
+         sender would retry and duplicate it), and only then the second gets 408 and the connection closes.
+    """
+    port, _ = live_server
+
+    def create(incidents, *args, **kwargs):
+        if incidents[0]["name"] == "slow":
+            time.sleep(1.5)
+        return [{**incident, "id": incident["name"]} for incident in incidents]
+
+    create_mock = mocker.patch.object(demisto, "createIncidents", side_effect=create)
+    first = b'{"name": "slow"}'
+    lines = [b"POST / HTTP/1.1", b"Host: t", b"Content-Type: application/json", b"Content-Length: %d", b"", b""]
+    head = b"\r\n".join(lines)
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(head % len(first) + first + head % 100 + b'{"name": "late"')
+        answer, took = read_until_closed(client, limit=6)
+    statuses = re.findall(rb"HTTP/1.1 (\d{3})", answer)
+    assert statuses == [b"200", b"408"], answer[:500]
+    assert b'"id": "slow"' in answer
+    assert 1.4 < took < 4
+    assert create_mock.call_count == 1
+
+
+def test_stray_bytes_after_a_response_do_not_keep_the_connection_open(short_deadlines, live_server):
+    """
+    Given a head deadline of 1 s
+    When a client gets an answer and then sends only a CRLF (which starts no request, but cancels uvicorn's
+         keep-alive timer)
+    Then the connection is closed about 1 s later, not held open for good.
+    """
+    port, _ = live_server
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        client.settimeout(2)
+        assert client.recv(65536).startswith(b"HTTP/1.1 200")
+        client.sendall(b"\r\n")
+        answer, took = read_until_closed(client, limit=4)
+    assert answer == b""
+    assert took < 2.5
+
+
+def test_a_complete_head_over_the_limit_in_one_read_gets_431(live_server):
+    """
+    Given the 64 KiB head limit
+    When a request with a 100 KB header arrives in one piece (so no read ends inside the head)
+    Then it is answered 431 headers_too_large and the connection closes.
+    """
+    port, _ = live_server
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 100_000 + b"\r\nContent-Length: 2\r\n\r\n{}")
+        answer, _ = read_until_closed(client, limit=5)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "headers_too_large"
+
+
+def test_a_websocket_upgrade_is_answered_as_plain_http(live_server):
+    """
+    Given the listener (which has no WebSocket routes)
+    When a client asks to upgrade to WebSocket
+    Then it gets an ordinary HTTP answer (405: only POST), not a 101 switch to another protocol.
+    """
+    port, _ = live_server
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        client.settimeout(3)
+        answer = client.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 405 "), answer[:200]
+
+
+def test_access_log_escapes_control_characters_and_quotes_in_the_user_agent():
+    """
+    Given a user agent with a quote, a NEL (0x85, a line break to str.splitlines) and an escape character
+    When the access-log line is written
+    Then they appear escaped, on one line, and the quoted field stays well-formed.
+    """
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "raw_path": b"/",
+        "headers": [(b"user-agent", b'evil" \x85next \x1b[31m')],
+        "client": ("127.0.0.1", 5000),
+    }
+    line = GenericWebhook.access_log_line(scope, 200, 0.001)
+    assert len(line.splitlines()) == 1
+    assert line.endswith(r'"evil\" \x85next \x1b[31m"')
+
+
+def test_deadline_checks_go_on_when_one_connection_fails():
+    """
+    Given two connections, the first of which raises when checked
+    When the periodic check runs
+    Then the second is still checked, the failing one is dropped and closed, and the check is scheduled again.
+    """
+
+    class Broken:
+        def __init__(self):
+            self.transport = mocker_transport = type("T", (), {"closed": False})()
+            mocker_transport.close = lambda: setattr(mocker_transport, "closed", True)
+
+        def check_deadline(self, now):
+            raise RuntimeError("boom")
+
+    class Fine:
+        checked = 0
+
+        def check_deadline(self, now):
+            Fine.checked += 1
+
+    async def scenario():
+        deadlines = GenericWebhook.ConnectionDeadlines(asyncio.get_running_loop())
+        broken, fine = Broken(), Fine()
+        deadlines.add(broken)
+        deadlines.add(fine)
+        deadlines.check()
+        return deadlines, broken
+
+    deadlines, broken = asyncio.run(scenario())
+    assert Fine.checked == 1
+    assert broken not in deadlines.connections and broken.transport.closed
+    assert deadlines.timer is not None
