@@ -340,3 +340,21 @@ def test_an_old_store_loses_its_unused_indexes_once(tmp_path: Path) -> None:
 
     SqliteStore(path).close()
     assert "incidents_name" in indexes()
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 31, 32, 33, 145, 1000])
+def test_a_batch_of_any_size_is_stored_whole_in_order(tmp_path, count):
+    """
+    Given a batch of `count` incidents (inserted in chunks of several rows per statement)
+    When it is created
+    Then every incident is stored exactly once, with consecutive ids in the order sent, and read back equal.
+    """
+    store = open_store(tmp_path / "store.db")
+    created = store.create_incidents("hooks", [{"name": f"n{number}", "severity": 1} for number in range(count)])
+    ids = [int(item["id"]) for item in created]
+    assert ids == list(range(ids[0], ids[0] + count))
+    listed = store.list_incidents(instance="hooks", limit=None)
+    assert sorted(int(item["id"]) for item in listed) == ids
+    assert {item["id"]: item for item in listed} == {item["id"]: item for item in created}
+    assert store.count_incidents("hooks") == count
+    store.close()
