@@ -1037,6 +1037,10 @@ def clean_text(text: str) -> str:
 
 def _occurred(value: Any) -> str | None:
     """ISO-8601 text is kept as sent; epoch seconds (or milliseconds) become ISO-8601 UTC; None means now."""
+    if isinstance(value, str) and value:  # the usual case first
+        if not is_iso_time(value):
+            raise ValueError(f"occurred `{value[:64]}` is not an ISO-8601 time such as 2024-05-01T12:00:00Z.")
+        return value
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -1047,10 +1051,6 @@ def _occurred(value: Any) -> str | None:
             return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat().replace("+00:00", "Z")
         except (OverflowError, OSError, ValueError):
             raise ValueError(f"occurred {value} is not a valid epoch time.") from None
-    if isinstance(value, str):
-        if not is_iso_time(value):
-            raise ValueError(f"occurred `{value[:64]}` is not an ISO-8601 time such as 2024-05-01T12:00:00Z.")
-        return value
     raise ValueError(f"occurred must be an ISO-8601 time or epoch seconds, not {_json_kind(value)}.")
 
 
@@ -1062,9 +1062,7 @@ def is_iso_time(text: str) -> bool:
     match = ISO_TIME.fullmatch(text)
     if match is None:
         return False
-    year, month, day, hour, minute, second, offset_hours, offset_minutes = (
-        int(group) if group else 0 for group in match.groups()
-    )
+    year, month, day, hour, minute, second, offset_hours, offset_minutes = map(int, match.groups("0"))
     try:
         datetime(year, month, day, hour, minute, second)
     except ValueError:  # Feb 30, hour 24, minute 60, ...
