@@ -237,6 +237,10 @@ def update_integration_context(
     return integration_context, version
 
 
+# Its own generator: a retry on a worker thread leaves the global `random` state alone (hypothesis checks it).
+_RETRY_JITTER = random.Random()
+
+
 def set_to_integration_context_with_retries(
     context: dict[str, Any], object_keys: dict[str, str] | None = None, sync: bool = True, max_retry_times: int = 3
 ) -> None:
@@ -249,7 +253,7 @@ def set_to_integration_context_with_retries(
         except ValueError as exc:
             demisto.debug(f"Integration context version conflict (attempt {attempt}/{max_retry_times}): {exc}")
             if attempt < max_retry_times:
-                time.sleep(random.uniform(0.05, 0.3))
+                time.sleep(_RETRY_JITTER.uniform(0.05, 0.3))
     raise Exception("Failed updating integration context. Max retry attempts exceeded.")
 
 
