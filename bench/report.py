@@ -10,6 +10,7 @@ from bench.scenarios import Measured
 
 TARGETS_NOTE = "targets are reported, not enforced"
 B_SAMPLES_A = "b'/a"
+RATIO_PAIRS = (("floor", "a"), ("b", "a"), ("b'", "a"), ("c", "b"))
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -98,22 +99,15 @@ def build(results: list[Measured], meta: dict[str, Any]) -> dict[str, Any]:
             return None
         return _ratio(by_key[bottom].cpu_us_per_request, by_key[top].cpu_us_per_request)
 
-    samples = paired("b'", "b")
-    samples_cpu = cpu_ratio("b'", "b")
-    ratios = {
-        "floor/a": paired("floor", "a"),
-        "b/a": paired("b", "a"),
-        "b'/a": paired("b'", "a"),
-        "c/b": paired("c", "b"),
-        "samples_cost": None if samples is None else 1 - samples,
-    }
-    cpu_ratios = {
-        "floor/a": cpu_ratio("floor", "a"),
-        "b/a": cpu_ratio("b", "a"),
-        "b'/a": cpu_ratio("b'", "a"),
-        "c/b": cpu_ratio("c", "b"),
-        "samples_cost": None if samples_cpu is None else 1 - samples_cpu,
-    }
+    def ratio_set(ratio: Any) -> dict[str, float | None]:
+        """floor/a, b/a, b'/a, c/b and the samples cost, by one way of taking a ratio."""
+        found = {f"{top}/{bottom}": ratio(top, bottom) for top, bottom in RATIO_PAIRS}
+        samples = ratio("b'", "b")
+        found["samples_cost"] = None if samples is None else 1 - samples
+        return found
+
+    ratios = ratio_set(paired)
+    cpu_ratios = ratio_set(cpu_ratio)
     instance_rss = [
         value for item in results for role, value in item.peak_rss_mib.items() if role == "instance" and value
     ]

@@ -1571,12 +1571,20 @@ def live_server(executor, mocker):
     sock.close()
 
 
-def read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
-    """Everything the server sends until it closes the connection (or `limit` seconds pass), and when it closed."""
+def read_until_closed(
+    sock: socket.socket, limit: float, *, tick: Any = None, interval: float = 0.05
+) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection (or `limit` seconds pass), and when it closed.
+    With `tick`, it is called before each wait of `interval` seconds (to keep sending); a refused send ends it."""
     started = time.monotonic()
     received = b""
-    sock.settimeout(0.05)
+    sock.settimeout(interval)
     while time.monotonic() - started < limit:
+        if tick is not None:
+            try:
+                tick()
+            except (BrokenPipeError, ConnectionResetError):
+                break
         try:
             chunk = sock.recv(65536)
         except TimeoutError:
@@ -1621,24 +1629,7 @@ def test_a_slow_steady_body_is_cut_at_the_total_limit_not_before(short_deadlines
     mocker.patch.object(demisto, "createIncidents", return_value=[])
     with socket.create_connection(("127.0.0.1", port)) as client:
         client.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
-        started = time.monotonic()
-        client.settimeout(0.3)
-        answer = b""
-        while time.monotonic() - started < 4:
-            try:
-                client.sendall(b" ")
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            try:
-                chunk = client.recv(65536)
-            except TimeoutError:
-                continue
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            answer += chunk
-        took = time.monotonic() - started
+        answer, took = read_until_closed(client, limit=4, tick=lambda: client.sendall(b" "), interval=0.3)
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
     assert 1.3 < took < 2.5
 
