@@ -19,6 +19,7 @@ import ssl
 import tempfile
 import time
 import traceback
+import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -55,11 +56,18 @@ CONTEXT_WRITE_INTERVAL_SECONDS = 1.0
 RESTART_DELAY_SECONDS = 5
 RETRY_AFTER_SECONDS = 5
 OVERLOAD_RETRY_AFTER_SECONDS = 1
-KEEP_ALIVE_SECONDS = 5
+KEEP_ALIVE_SECONDS = 120  # idle keep-alive connections; over the pools of Go (90 s), aiohttp (15 s), .NET (60 s)
+KEEP_ALIVE_GRACE_SECONDS = 5  # uvicorn's own keep-alive timer, a backstop behind the guard's
 MAX_HEADER_BYTES = 64 * 1024
-DEADLINE_CHECK_SECONDS = 0.5  # how often the connections' head and body deadlines are checked
-HEAD_PHASE = "head"  # what a connection is reading (None: nothing it must be timed for)
+H11_BUFFER_SLACK = 1024 * 1024  # h11's own head limit sits above ours, so the guard answers 431 first
+DEADLINE_CHECK_SECONDS = 0.5  # how often the connections' deadlines are checked
+LINGER_IDLE_SECONDS = 5  # lingering close: how long the client may pause while we throw away what it sends
+LINGER_TOTAL_SECONDS = 30
+LINGER_MAX_BYTES = 64 * 1024 * 1024
+HEAD_PHASE = "head"  # what a connection is doing (None: nothing it must be timed for, the server's turn)
 BODY_PHASE = "body"
+IDLE_PHASE = "idle"  # keep-alive, between requests
+LINGER_PHASE = "linger"  # answered and closing: reading and throwing away the rest of a request
 # In the scope of a request served by the guarded protocol, which enforces the body deadlines itself.
 BODY_GUARD_KEY = "generic_webhook_body_guard"
 BODY_GUARDED = "guarded"
@@ -185,6 +193,7 @@ class WebhookConfig:
     ca_certificate: str = ""
     allowed_networks: tuple = ()
     metrics_enabled: bool = False
+    keep_alive_seconds: int = KEEP_ALIVE_SECONDS
     mapping: FieldMapping = field(default_factory=FieldMapping)
 
     # Cached: read on every request (a frozen dataclass still has an instance __dict__ for them).
@@ -265,6 +274,9 @@ class WebhookConfig:
             ca_certificate=ca_certificate,
             allowed_networks=_parse_networks(params.get("allowed_cidrs"), problems),
             metrics_enabled=_bool_param(params, "metrics_enabled", problems),
+            keep_alive_seconds=int(
+                _number_param(params, "keep_alive_seconds", KEEP_ALIVE_SECONDS, problems, minimum=1, maximum=3600)
+            ),
             mapping=_parse_mapping(params, problems),
         )
         if problems:
@@ -398,7 +410,13 @@ def _parse_path(param: str, text: str, problems: list[str]) -> tuple | None:
 
 
 def _number_param(
-    params: dict[str, Any], name: str, default: float, problems: list[str], minimum: float, integer: bool = True
+    params: dict[str, Any],
+    name: str,
+    default: float,
+    problems: list[str],
+    minimum: float,
+    integer: bool = True,
+    maximum: float = math.inf,
 ) -> float:
     value = params.get(name)
     if value is None or str(value).strip() == "":
@@ -407,9 +425,10 @@ def _number_param(
         number = float(str(value).strip())
     except ValueError:
         number = math.nan
-    if not math.isfinite(number) or number < minimum or (integer and number != int(number)):
+    if not math.isfinite(number) or not minimum <= number <= maximum or (integer and number != int(number)):
         kind = "an integer" if integer else "a number"
-        problems.append(f"{name} `{value}` must be {kind} of at least {minimum:g}.")
+        bound = f"from {minimum:g} to {maximum:g}" if math.isfinite(maximum) else f"of at least {minimum:g}"
+        problems.append(f"{name} `{value}` must be {kind} {bound}.")
         return default
     return number
 
@@ -1598,6 +1617,8 @@ class Metrics:
 """ HTTP APPLICATION """
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+CONNECTION_CLOSE = (b"connection", b"close")
+BODY_READ_KEY = "generic_webhook_body_read"  # in the scope once read_body has the whole body
 
 
 def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -1641,7 +1662,16 @@ async def read_body(
         hold(len(chunk))
         chunks.append(chunk)
         more_body = message.get("more_body", False)
+    scope[BODY_READ_KEY] = True
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def carries_body(scope: dict) -> bool:
+    """Whether the request has a body (Content-Length other than 0, or Transfer-Encoding)."""
+    for name, value in scope["headers"]:
+        if (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding":
+            return True
+    return False
 
 
 class _TimeoutShim:
@@ -1727,11 +1757,17 @@ class WebhookIntake:
         self.clock = clock
         self.admission = Admission(config.max_in_flight, config.rate_limit_per_minute)
         self.needs_address = bool(config.allowed_networks or config.rate_limit_per_minute)
-        self.other_routes = RequestMonitor(self._other_routes(), log_access, metrics)
+        keep_alive = (b"keep-alive", f"timeout={config.keep_alive_seconds}".encode())
+        self.keep_alive_header = keep_alive
+        self.other_routes = RequestMonitor(self._other_routes(), log_access, metrics, keep_alive)
+        self.head_too_large = RequestMonitor(headers_too_large_app, log_access, metrics, keep_alive)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] in ("/health", "/metrics"):
             await self.other_routes(scope, receive, send)
+            return
+        if head_size(scope) > MAX_HEADER_BYTES:  # a complete head over the limit (an endless one: the guard)
+            await self.head_too_large(scope, receive, send)
             return
         # The events path is monitored here rather than through RequestMonitor: the status is known, so no
         # wrapped `send` is needed.
@@ -1739,7 +1775,11 @@ class WebhookIntake:
         status = 500
         try:
             status, extra_headers, body = await self.handle(scope, receive)
-            headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *extra_headers]
+            if status == 200 or (BODY_READ_KEY in scope or not carries_body(scope)):
+                connection = self.keep_alive_header
+            else:  # answered before the body was read: the connection closes (lingering: the client reads this)
+                connection = CONNECTION_CLOSE
+            headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), connection, *extra_headers]
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         finally:
@@ -1875,23 +1915,37 @@ def access_log_line(scope: dict, status: int, elapsed: float) -> str:
 
 
 class RequestMonitor:
-    """Writes one access-log line per request, with the user agent, and feeds the status and latency metrics."""
+    """Writes one access-log line per request, with the user agent, and feeds the status and latency metrics.
+    Says how the connection goes on: the Keep-Alive hint, or `connection: close` when the request has a body
+    (these routes never read one: the connection then closes, lingering, so the client still reads the answer)."""
 
-    def __init__(self, app: Any, write: Callable[[str], None], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: Any,
+        write: Callable[[str], None],
+        metrics: Metrics,
+        keep_alive: tuple[bytes, bytes] = (b"keep-alive", f"timeout={KEEP_ALIVE_SECONDS}".encode()),
+    ) -> None:
         self.app = app
         self.write = write
         self.metrics = metrics
+        self.keep_alive = keep_alive
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         status = 500
+        connection = CONNECTION_CLOSE if carries_body(scope) else self.keep_alive
 
         async def send_with_status(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = list(message.get("headers", ()))
+                if not any(name == b"connection" for name, _ in headers):
+                    headers.append(connection)
+                message = {**message, "headers": headers}
             await send(message)
 
         started = time.monotonic()
@@ -1958,7 +2012,10 @@ class DemistoLogHandler(logging.Handler):
 
 def bind_listen_socket(port: int) -> socket.socket:
     host = os.environ.get(BIND_HOST_ENV) or DEFAULT_BIND_HOST
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only for such a listening socket
+    # (the guard sets it too, whatever the loop).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -2083,6 +2140,14 @@ HEADERS_TOO_LARGE_RESPONSE = _closing_response(
 )
 
 
+def head_size(scope: dict) -> int:
+    """The bytes of a request head as the client sent it, near enough: target, and each header line."""
+    size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4
+    return size
+
+
 async def headers_too_large_app(scope: dict, receive: Callable, send: Callable) -> None:
     """Answers a request whose head, complete, is over MAX_HEADER_BYTES: 431, and the connection closes."""
     body = json.dumps({"error": "headers_too_large", "detail": HEADERS_TOO_LARGE_DETAIL}).encode()
@@ -2091,99 +2156,328 @@ async def headers_too_large_app(scope: dict, receive: Callable, send: Callable) 
     await send({"type": "http.response.body", "body": body})
 
 
-def guarded_http_protocol() -> Any:
-    """uvicorn's httptools protocol with the guards it lacks, enforced by the connection itself:
+def set_nodelay(transport: Any) -> None:
+    """TCP_NODELAY on an accepted connection, whatever the event loop: asyncio sets it only when the listening
+    socket was made with proto IPPROTO_TCP; without it, an answer written in two segments waits for the peer's
+    delayed ACK (about 40 ms a request on a keep-alive connection)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class GuardedTransport:
+    """The transport uvicorn's protocol is given: the connection's own, except that close() goes to the guard,
+    which may linger (see ConnectionGuard.close_connection) and stops passing data on. Hot methods are the real
+    transport's bound methods, so a request costs no extra call."""
+
+    def __init__(self, transport: asyncio.Transport, guard: "ConnectionGuard") -> None:
+        self.transport = transport
+        self.guard = guard
+        self.write = transport.write
+        self.writelines = transport.writelines
+        self.get_extra_info = transport.get_extra_info
+        self.get_write_buffer_size = transport.get_write_buffer_size
+
+    def is_closing(self) -> bool:
+        return self.guard.closing or self.transport.is_closing()
+
+    def close(self) -> None:
+        self.guard.close_connection()
+
+    def pause_reading(self) -> None:
+        if not self.guard.closing:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.guard.closing:
+            self.transport.resume_reading()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class ConnectionGuard:
+    """The guards uvicorn's HTTP protocols lack, mixed into both (h11 and httptools: see guarded_http_protocol),
+    one design for both, enforced by the connection itself on the deadlines timer of its event loop:
+    - TCP_NODELAY on the connection;
     - the request head (request line and headers) must arrive within HEADER_TIMEOUT_SECONDS and fit in
-      MAX_HEADER_BYTES, so idle and slow-loris connections are closed and endless headers are refused (431); an
-      idle keep-alive connection whose keep-alive timer uvicorn cancelled (stray bytes between requests) is held
-      to the head deadline too;
-    - the body must not pause for over BODY_IDLE_TIMEOUT_SECONDS nor take over BODY_TOTAL_TIMEOUT_SECONDS in
-      all: the connection answers 408 and closes, and the app's pending receive() sees the disconnect (the
-      scope's BODY_GUARD_KEY says so, and read_body then sets no timer of its own).
+      MAX_HEADER_BYTES: idle and slow-loris connections are closed, endless heads are refused with 431 (a complete
+      head over the limit gets its 431 from WebhookApp);
+    - the body must not pause for over BODY_IDLE_TIMEOUT_SECONDS nor take over BODY_TOTAL_TIMEOUT_SECONDS in all:
+      the connection answers 408 and closes, and the app's pending receive() sees the disconnect (the scope's
+      BODY_GUARD_KEY says so, and read_body then sets no timer of its own);
+    - an idle keep-alive connection is closed after `keep_alive_seconds` (the Keep-Alive hint the app sends),
+      also when stray bytes or the rest of an unread body made uvicorn drop its own keep-alive timer;
+    - lingering close: when the connection closes while the client may still be sending a request (an answer
+      given before the body was read: 413, 401, 503, 431, 408), the write side is shut down after the answer and
+      what the client still sends is read and thrown away, up to LINGER_MAX_BYTES and LINGER_IDLE_SECONDS /
+      LINGER_TOTAL_SECONDS, so the client reads the answer instead of a connection reset.
     While the server itself has stopped reading (the app has not taken the body yet), or an earlier request on the
     connection is still being answered (pipelining), no deadline runs out: the client cannot be late then, and
     closing would lose the earlier answer; a late pipelined request gets its 408 after that answer.
-    Without httptools: h11, whose own incomplete-event limit bounds the head (no head timeout there; read_body
-    times the body)."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:
-        return "h11"
-    needed = (
-        "connection_made",
-        "connection_lost",
-        "data_received",
-        "on_message_begin",
-        "on_headers_complete",
-        "on_message_complete",
-    )
-    if not all(callable(getattr(HttpToolsProtocol, name, None)) for name in needed):
-        return "auto"  # a uvicorn whose internals differ: serve unguarded rather than not at all
-    deadlines_of: dict[asyncio.AbstractEventLoop, ConnectionDeadlines] = {}
 
-    class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            loop = self.loop
-            deadlines = deadlines_of.get(loop)
-            if deadlines is None:
-                deadlines = deadlines_of[loop] = ConnectionDeadlines(loop)
-            self._deadlines = deadlines
-            self._head_bytes = 0
-            self._phase = HEAD_PHASE
-            self._deadline = loop.time() + HEADER_TIMEOUT_SECONDS
-            self._body_deadline = 0.0
-            deadlines.add(self)
+    A protocol class adapts it by calling `_track_*` from its parser's events (see the two subclasses)."""
 
-        def _reading_paused(self) -> bool:
-            return bool(getattr(getattr(self, "flow", None), "read_paused", False))
+    keep_alive_seconds: float = KEEP_ALIVE_SECONDS
+    deadlines_of: Any = None  # event loop -> ConnectionDeadlines, one mapping per class guarded_http_protocol makes
 
-        def check_deadline(self, now: float) -> None:
-            if self.transport.is_closing():
-                self._deadlines.discard(self)  # connection_lost follows and would do the same
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        set_nodelay(transport)
+        self.real_transport = transport
+        self.closing = False
+        self.lost = False
+        self.linger_bytes = 0
+        self.linger_end = 0.0
+        self.head_bytes = 0
+        self.phase: str | None = HEAD_PHASE
+        self.body_deadline = 0.0
+        super().connection_made(GuardedTransport(transport, self))  # type: ignore[misc]
+        loop = self.loop  # type: ignore[attr-defined]
+        self.deadline = loop.time() + HEADER_TIMEOUT_SECONDS
+        deadlines = self.deadlines_of.get(loop)
+        if deadlines is None:
+            deadlines = self.deadlines_of[loop] = ConnectionDeadlines(loop)
+        self.deadlines = deadlines
+        deadlines.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.phase = None
+        self.deadlines.discard(self)
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def shutdown(self) -> None:
+        if self.closing:  # the server is stopping: no more lingering
+            self.real_transport.close()
+            return
+        super().shutdown()  # type: ignore[misc]
+
+    # ---- what the adapters call
+    def _track_head(self, size: int) -> None:
+        """`size` more bytes of a request head arrived (the phase is already HEAD_PHASE)."""
+        self.head_bytes += size
+        if self.head_bytes > MAX_HEADER_BYTES:
+            self.real_transport.write(HEADERS_TOO_LARGE_RESPONSE)
+            self.close_connection()
+
+    def _track_head_begins(self, size: int = 0) -> None:
+        self.phase = HEAD_PHASE
+        self.head_bytes = size
+        self.deadline = self.loop.time() + HEADER_TIMEOUT_SECONDS  # type: ignore[attr-defined]
+
+    def _track_body_begins(self, scope: dict) -> None:
+        scope[BODY_GUARD_KEY] = BODY_GUARDED
+        self.phase = BODY_PHASE
+        now = self.loop.time()  # type: ignore[attr-defined]
+        self.body_deadline = now + BODY_TOTAL_TIMEOUT_SECONDS
+        self.deadline = min(now + BODY_IDLE_TIMEOUT_SECONDS, self.body_deadline)
+
+    def _track_body_data(self) -> None:
+        self.deadline = min(self.loop.time() + BODY_IDLE_TIMEOUT_SECONDS, self.body_deadline)  # type: ignore
+
+    def _track_idle(self) -> None:
+        """Between requests: nothing is owed to either side."""
+        self.phase = IDLE_PHASE
+        self.deadline = self.loop.time() + self.keep_alive_seconds  # type: ignore[attr-defined]
+
+    # ---- closing
+    def close_connection(self) -> None:
+        """uvicorn (or a guard) closes the connection. If the client may still be sending a request, linger."""
+        if self.closing or self.lost:
+            if self.lost or self.phase != LINGER_PHASE:
+                self.real_transport.close()
+            return
+        self.closing = True
+        transport = self.real_transport
+        if self.phase not in (HEAD_PHASE, BODY_PHASE) or transport.is_closing():
+            self.phase = None
+            transport.close()
+            return
+        self.phase = LINGER_PHASE
+        now = self.loop.time()  # type: ignore[attr-defined]
+        self.linger_end = now + LINGER_TOTAL_SECONDS
+        self.deadline = now + LINGER_IDLE_SECONDS
+        if transport.can_write_eof():
+            transport.write_eof()  # after what is buffered: the answer, then FIN
+        transport.resume_reading()
+
+    def _linger_received(self, data: bytes) -> None:
+        self.linger_bytes += len(data)
+        if self.linger_bytes > LINGER_MAX_BYTES:
+            self.phase = None
+            self.real_transport.close()
+        else:
+            self.deadline = min(self.loop.time() + LINGER_IDLE_SECONDS, self.linger_end)  # type: ignore
+
+    def eof_received(self) -> bool | None:
+        if self.phase == LINGER_PHASE:
+            self.phase = None
+            return False  # the client is done: the transport closes
+        return super().eof_received()  # type: ignore[misc]
+
+    # ---- the periodic check
+    def _reading_paused(self) -> bool:
+        return bool(getattr(getattr(self, "flow", None), "read_paused", False))
+
+    def _queued(self) -> bool:
+        return False
+
+    def check_deadline(self, now: float) -> None:
+        phase = self.phase
+        if phase is None:
+            return
+        if self.real_transport.is_closing():
+            self.deadlines.discard(self)  # connection_lost follows and would do the same
+            return
+        if now < self.deadline:
+            return
+        if phase in (LINGER_PHASE, IDLE_PHASE):
+            self.phase = None
+            self.real_transport.close()
+            return
+        if self._reading_paused() or self._queued():
+            # The server is not reading (the client cannot be late), or an earlier request on this connection
+            # is still being answered: closing now would lose that answer. Decided once it is sent.
+            self.deadline = max(self.deadline, now + DEADLINE_CHECK_SECONDS)
+            self.body_deadline = max(self.body_deadline, now + DEADLINE_CHECK_SECONDS)
+            return
+        if phase == BODY_PHASE:
+            scope = getattr(self, "scope", None)
+            if scope is not None:
+                scope[BODY_GUARD_KEY] = BODY_TIMED_OUT
+            cycle = getattr(self, "cycle", None)
+            # Only as the answer to this very request: nothing queued before it, nothing of its answer sent.
+            if cycle is not None and not getattr(cycle, "response_started", True):
+                self.real_transport.write(BODY_TIMEOUT_RESPONSE)
+                self.close_connection()
                 return
-            if self._phase is None:
-                return
-            if self._reading_paused() or self._queued():
-                # The server is not reading (the client cannot be late), or an earlier request on this connection
-                # is still being answered: closing now would lose that answer. Decided once it is sent.
-                self._deadline = max(self._deadline, now + DEADLINE_CHECK_SECONDS)
-                self._body_deadline = max(self._body_deadline, now + DEADLINE_CHECK_SECONDS)
-                return
-            if now < self._deadline:
-                return
-            if self._phase == BODY_PHASE:
-                self.scope[BODY_GUARD_KEY] = BODY_TIMED_OUT
-                cycle = getattr(self, "cycle", None)
-                # Only as the answer to this very request: nothing queued before it, nothing of its answer sent.
-                if cycle is not None and not getattr(cycle, "response_started", True) and not self._queued():
-                    self.transport.write(BODY_TIMEOUT_RESPONSE)
-            self._phase = None
-            self.transport.close()
+        self.phase = None
+        self.closing = True
+        self.real_transport.close()
+
+
+# uvicorn versions whose protocol classes the adapters below were checked against (the attributes and methods they
+# use: conn, cycle, scope, flow, pipeline, url, headers; data_received, handle_events, on_response_complete and the
+# httptools parser callbacks). The image's is first. Another version still gets the guards when those names are
+# there, and plain uvicorn (with a warning in the log) when they are not.
+UVICORN_CHECKED = ("0.49.0", "0.54.0")
+H11_NEEDED = ("connection_made", "connection_lost", "data_received", "handle_events", "on_response_complete")
+HTTPTOOLS_NEEDED = (
+    "connection_made",
+    "connection_lost",
+    "data_received",
+    "on_message_begin",
+    "on_headers_complete",
+    "on_message_complete",
+    "on_response_complete",
+)
+
+
+def _guarded_h11(keep_alive: float) -> Any:
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    if not all(callable(getattr(H11Protocol, name, None)) for name in H11_NEEDED):
+        return None
+    idle, send_body = h11.IDLE, h11.SEND_BODY
+
+    class GuardedH11Protocol(ConnectionGuard, H11Protocol):
+        """h11's events come from its state machine (`conn.their_state`, h11's public API), read after every
+        chunk of data and after every answer (when uvicorn lets h11 parse what was pipelined behind it)."""
+
+        keep_alive_seconds = keep_alive
+        deadlines_of = weakref.WeakKeyDictionary()
+        current_cycle: Any = None
 
         def data_received(self, data: bytes) -> None:
-            # Count only data that arrives while a head is being read: with pipelining, a chunk that starts
-            # in the previous request's body is not the next head's (that head is counted from its next chunk,
-            # and as a whole when it is complete, in on_headers_complete).
-            counts = self._phase == HEAD_PHASE
-            super().data_received(data)
-            if self.transport.is_closing():
+            phase = self.phase
+            if phase == LINGER_PHASE:
+                self._linger_received(data)
                 return
-            if self._phase == BODY_PHASE:  # each chunk of the body moves the idle deadline on
-                self._deadline = min(self.loop.time() + BODY_IDLE_TIMEOUT_SECONDS, self._body_deadline)
-            elif self._phase == HEAD_PHASE:
+            H11Protocol.data_received(self, data)
+            if self.closing:
+                return
+            state = self.conn.their_state
+            if state is idle:
+                if phase == HEAD_PHASE:  # the whole chunk was more of the head
+                    self._track_head(len(data))
+                else:  # after an answer (or the rest of a body): a head is on its way, or stray bytes came
+                    self._track_head_begins()
+                    self._track_head(len(self.conn.trailing_data[0]))
+            elif state is send_body:
+                if self.cycle is not self.current_cycle:
+                    self.current_cycle = self.cycle
+                    self._track_body_begins(self.scope)
+                else:
+                    self._track_body_data()
+            else:  # the request is in (DONE, MUST_CLOSE): the server's turn
+                self._request_received()
+
+        def _request_received(self) -> None:
+            if self.cycle is not self.current_cycle:  # head and whole body in one go
+                self.current_cycle = self.cycle
+                self.scope[BODY_GUARD_KEY] = BODY_GUARDED
+            self.phase = None
+
+        def on_response_complete(self) -> None:
+            H11Protocol.on_response_complete(self)
+            if self.closing:
+                return
+            state = self.conn.their_state
+            if state is idle:
+                buffered = len(self.conn.trailing_data[0])  # the start of a pipelined head, if any
+                if buffered:
+                    self._track_head_begins()
+                    self._track_head(buffered)
+                else:
+                    self._track_idle()
+            elif state is send_body:
+                if self.cycle is not self.current_cycle:  # a pipelined request, parsed just now
+                    self.current_cycle = self.cycle
+                    self._track_body_begins(self.scope)
+                # else: answered before its body was read (the app said `connection: close`, or it is read
+                # and thrown away by uvicorn): the body deadlines go on
+            else:
+                self._request_received()
+
+    return GuardedH11Protocol
+
+
+def _guarded_httptools(keep_alive: float) -> Any:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    if not all(callable(getattr(HttpToolsProtocol, name, None)) for name in HTTPTOOLS_NEEDED):
+        return None
+
+    class GuardedHttpToolsProtocol(ConnectionGuard, HttpToolsProtocol):
+        """httptools' events are its parser callbacks; uvicorn queues pipelined requests in `pipeline`."""
+
+        keep_alive_seconds = keep_alive
+        deadlines_of = weakref.WeakKeyDictionary()
+
+        def data_received(self, data: bytes) -> None:
+            phase = self.phase
+            if phase == LINGER_PHASE:
+                self._linger_received(data)
+                return
+            # Count only data that arrives while a head is being read: with pipelining, a chunk that starts in
+            # the previous request's body is not the next head's (that head is counted from its next chunk, and
+            # as a whole when it is complete, by WebhookApp).
+            counts = phase == HEAD_PHASE
+            HttpToolsProtocol.data_received(self, data)
+            if self.closing:
+                return
+            phase = self.phase
+            if phase == BODY_PHASE:  # each chunk of the body moves the idle deadline on
+                self._track_body_data()
+            elif phase == HEAD_PHASE:
                 if counts:
-                    self._head_bytes += len(data)
-                    if self._head_bytes > MAX_HEADER_BYTES:
-                        self._phase = None
-                        self.transport.write(HEADERS_TOO_LARGE_RESPONSE)
-                        self.transport.close()
+                    self._track_head(len(data))
             elif self._idle():
                 # Bytes that start no request (say a stray CRLF) made uvicorn drop its keep-alive timer: the
                 # connection now waits for a head, and gets the head deadline.
-                self._phase = HEAD_PHASE
-                self._head_bytes = 0
-                self._deadline = self.loop.time() + HEADER_TIMEOUT_SECONDS
+                self._track_head_begins()
 
         def _queued(self) -> bool:
             return bool(getattr(self, "pipeline", None))
@@ -2193,49 +2487,62 @@ def guarded_http_protocol() -> Any:
             return (cycle is None or getattr(cycle, "response_complete", False)) and not self._queued()
 
         def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self.scope[BODY_GUARD_KEY] = BODY_GUARDED
-            if self._phase is None:  # the next request on a keep-alive connection
-                self._phase = HEAD_PHASE
-                self._head_bytes = 0
-                self._deadline = self.loop.time() + HEADER_TIMEOUT_SECONDS
+            HttpToolsProtocol.on_message_begin(self)
+            if self.phase != HEAD_PHASE:  # the next request on a keep-alive connection
+                self._track_head_begins()
 
         def on_headers_complete(self) -> None:
-            self._phase = BODY_PHASE
-            now = self.loop.time()
-            self._body_deadline = now + BODY_TOTAL_TIMEOUT_SECONDS
-            self._deadline = min(now + BODY_IDLE_TIMEOUT_SECONDS, self._body_deadline)
-            # The whole head, however it was cut into reads: the request line's target and every header line.
-            url, headers = getattr(self, "url", b""), getattr(self, "headers", ())
-            head_bytes = len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
-            if head_bytes <= MAX_HEADER_BYTES:
-                super().on_headers_complete()
-                return
-            app, self.app = self.app, headers_too_large_app
-            try:
-                super().on_headers_complete()
-            finally:
-                self.app = app
+            HttpToolsProtocol.on_headers_complete(self)
+            if not self.closing:
+                self._track_body_begins(self.scope)
 
         def on_message_complete(self) -> None:
-            self._phase = None
-            super().on_message_complete()
+            HttpToolsProtocol.on_message_complete(self)
+            if not self.closing:
+                self.phase = None
+
+        def on_response_complete(self) -> None:
+            HttpToolsProtocol.on_response_complete(self)
+            if not self.closing and self.phase is None and self._idle():
+                self._track_idle()
 
         def handle_websocket_upgrade(self) -> None:
-            self._phase = None
-            self._deadlines.discard(self)  # the connection goes to another protocol
-            super().handle_websocket_upgrade()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._phase = None
-            self._deadlines.discard(self)
-            super().connection_lost(exc)
+            self.phase = None
+            self.deadlines.discard(self)  # the connection goes to another protocol
+            HttpToolsProtocol.handle_websocket_upgrade(self)
 
     return GuardedHttpToolsProtocol
 
 
-def server_config_for(config: WebhookConfig, app: Any) -> uvicorn.Config:
-    """uvicorn settings; with TLS, the certificate and key live in 0600 temp files only while the context loads."""
+def http_protocols() -> tuple[str, ...]:
+    """The HTTP implementations this environment has, fastest first: httptools only where it is installed
+    (not in the demisto/fastapi image, which serves with h11)."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return ("h11",)
+    return ("httptools", "h11")
+
+
+def guarded_http_protocol(kind: str | None = None, keep_alive: float = KEEP_ALIVE_SECONDS) -> Any:
+    """uvicorn's `http` protocol class for `kind` ("h11" or "httptools"; by default the fastest there is) with
+    the ConnectionGuard mixed in. A uvicorn whose internals differ from the checked ones: the plain protocol,
+    which serves unguarded rather than not at all (the caller logs it)."""
+    kind = kind or http_protocols()[0]
+    guarded = _guarded_httptools(keep_alive) if kind == "httptools" else _guarded_h11(keep_alive)
+    return guarded or kind
+
+
+def server_config_for(config: WebhookConfig, app: Any, http: str | None = None) -> uvicorn.Config:
+    """uvicorn settings; with TLS, the certificate and key live in 0600 temp files only while the context loads.
+    `http`: "h11" or "httptools" (default: the fastest this environment has; the image has only h11)."""
+    protocol = guarded_http_protocol(http, config.keep_alive_seconds)
+    if isinstance(protocol, str):
+        logging.getLogger("uvicorn.error").warning(
+            f"Generic Webhook: uvicorn {uvicorn.__version__} differs from the versions the connection guards were "
+            f"checked against ({', '.join(UVICORN_CHECKED)}): serving with its plain {protocol} protocol, without "
+            "head and body deadlines or lingering close."
+        )
     cert_path = write_private_file(config.certificate, ".pem") if config.tls else ""
     key_path = write_private_file(config.private_key, ".key") if config.tls else ""
     try:
@@ -2243,12 +2550,12 @@ def server_config_for(config: WebhookConfig, app: Any) -> uvicorn.Config:
             app,
             log_config=None,
             access_log=False,
-            http=guarded_http_protocol(),
+            http=protocol,
             ws="none",  # no WebSocket routes: an upgrade request is served as plain HTTP
             ssl_certfile=cert_path or None,
             ssl_keyfile=key_path or None,
-            timeout_keep_alive=KEEP_ALIVE_SECONDS,
-            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            timeout_keep_alive=config.keep_alive_seconds + KEEP_ALIVE_GRACE_SECONDS,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES + H11_BUFFER_SLACK,
         )
         server_config.load()
     finally:

@@ -4,8 +4,11 @@ import gzip
 import hashlib
 import hmac
 import json
+import os
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import zlib
@@ -1548,27 +1551,51 @@ def short_deadlines(monkeypatch):
     monkeypatch.setattr(GenericWebhook, "DEADLINE_CHECK_SECONDS", 0.1)
 
 
-@pytest.fixture
-def live_server(executor, mocker):
-    """Serves the app with the integration's uvicorn settings (guarded protocol) on a loopback port, in a thread;
-    yields (port, log lines) and stops the server afterwards."""
+class Live(tuple):
+    """(port, log lines) of a served app, with the uvicorn server as `.server`."""
+
+    server: Any = None
+
+
+@pytest.fixture(params=GenericWebhook.http_protocols())
+def serve_live(request, executor, mocker):
+    """serve_live(**params) serves the app with the integration's uvicorn settings (the guarded protocol: both
+    h11 and httptools where this environment has both, h11 only on the image's stack) on a loopback port, in a
+    thread; returns Live((port, log lines)); every server is stopped afterwards."""
     logged: list[str] = []
     mocker.patch.object(demisto, "info", side_effect=lambda text: logged.extend(str(text).split("\n")))
-    config = WebhookConfig.from_params({**PORT_PARAMS, "metrics_enabled": True})
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = GenericWebhook.uvicorn.Server(GenericWebhook.server_config_for(config, make_webhook_app(config, executor)))
-    server.install_signal_handlers = lambda: None  # not the main thread
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started
-    yield sock.getsockname()[1], logged
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    started = []
+
+    def start(**params: Any) -> Live:
+        config = WebhookConfig.from_params({**PORT_PARAMS, "metrics_enabled": True, **params})
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server_config = GenericWebhook.server_config_for(config, make_webhook_app(config, executor), request.param)
+        assert not isinstance(server_config.http, str), "the guarded protocol is not in use"
+        server = GenericWebhook.uvicorn.Server(server_config)
+        server.install_signal_handlers = lambda: None  # not the main thread
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        started.append((server, thread, sock))
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.started
+        live = Live((sock.getsockname()[1], logged))
+        live.server = server
+        return live
+
+    yield start
+    for server, thread, sock in started:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture
+def live_server(serve_live):
+    """The app served with its default params (see serve_live)."""
+    return serve_live()
 
 
 def read_until_closed(
@@ -1595,6 +1622,23 @@ def read_until_closed(
             break
         received += chunk
     return received, time.monotonic() - started
+
+
+def read_response(sock: socket.socket, timeout: float = 5) -> bytes:
+    """One whole response with a Content-Length body (head and body, however many reads it takes)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a whole head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the whole body: {data!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def test_a_body_that_stops_gets_408_from_the_connection(short_deadlines, live_server, mocker):
@@ -1751,11 +1795,11 @@ def test_stray_bytes_after_a_response_do_not_keep_the_connection_open(short_dead
     port, _ = live_server
     with socket.create_connection(("127.0.0.1", port)) as client:
         client.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-        client.settimeout(2)
-        assert client.recv(65536).startswith(b"HTTP/1.1 200")
+        assert read_response(client).startswith(b"HTTP/1.1 200")
         client.sendall(b"\r\n")
         answer, took = read_until_closed(client, limit=4)
-    assert answer == b""
+    # httptools skips the CRLF and the head deadline closes the connection; h11 calls it a bad request at once
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400 "), answer
     assert took < 2.5
 
 
@@ -1842,3 +1886,219 @@ def test_deadline_checks_go_on_when_one_connection_fails():
     assert Fine.checked == 1
     assert broken not in deadlines.connections and broken.transport.closed
     assert deadlines.timer is not None
+
+
+# ---------------------------------------------------------------- TCP_NODELAY, early answers, keep-alive
+
+SMALL_LIMIT = {"max_body_mb": "0.01"}  # 10 KiB
+
+
+def server_sockets(live: Live) -> list[socket.socket]:
+    """The server side of every open connection of a served app."""
+    return [connection.transport.get_extra_info("socket") for connection in list(live.server.server_state.connections)]
+
+
+def test_accepted_connections_have_tcp_nodelay(live_server):
+    """
+    Given the guarded protocol on a listening socket made with proto 0 (asyncio then leaves Nagle on)
+    When a client connects and is served
+    Then the server's side of the connection has TCP_NODELAY set, so no answer waits for a delayed ACK.
+    """
+    port, _ = live_server
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(client).startswith(b"HTTP/1.1 200")
+        (server_side,) = server_sockets(live_server)
+        assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_the_listen_socket_is_made_for_tcp(monkeypatch):
+    """
+    Given the listen socket the integration binds
+    Then it is created with proto IPPROTO_TCP (asyncio checks it before it sets TCP_NODELAY on accepted sockets).
+    """
+    monkeypatch.setenv(GenericWebhook.BIND_HOST_ENV, "127.0.0.1")
+    sock = GenericWebhook.bind_listen_socket(0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+
+
+def write_first(port: int, request: bytes) -> bytes:
+    """A sender that writes the whole request before it reads anything (as urllib and many SDKs do)."""
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(request)  # a reset here (server closed while we write) fails the test
+        answer, _ = read_until_closed(client, limit=10)
+    return answer
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        pytest.param(b"Connection: close\r\nContent-Length: %d\r\n", id="connection-close"),
+        pytest.param(b"Content-Length: %d\r\n", id="keep-alive"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", id="chunked"),
+    ],
+)
+def test_an_over_limit_body_written_first_gets_its_413(serve_live, mocker, framing):
+    """
+    Given a body limit of 10 KiB
+    When a sender writes a 16 MiB body in full before reading (Connection: close, keep-alive, chunked)
+    Then it reads the 413 payload_too_large answer (not a reset), which says `connection: close`; nothing is created.
+    """
+    port, _ = serve_live(**SMALL_LIMIT)
+    create = mocker.patch.object(demisto, "createIncidents", return_value=[])
+    body = b'{"name": "' + b"x" * (16 * 1024 * 1024) + b'"}'
+    if b"chunked" in framing:
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:65536], body[65536:])) + b"0\r\n\r\n"
+        head = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n" + framing + b"\r\n"
+    else:
+        payload = body
+        head = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n" + framing % len(body) + b"\r\n"
+    answer = write_first(port, head + payload)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
+    assert b"connection: close" in answer.lower()
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "payload_too_large"
+    create.assert_not_called()
+
+
+def test_a_401_before_the_body_reaches_a_write_first_sender(serve_live):
+    """
+    Given header-token auth
+    When a sender with the wrong token writes a 16 MiB body in full, over HTTP/1.0, before reading
+    Then it reads the 401.
+    """
+    port, _ = serve_live(credentials={"identifier": "_header:X-Token", "password": "right"})
+    body = b'{"name": "' + b"x" * (16 * 1024 * 1024) + b'"}'
+    head = b"POST / HTTP/1.0\r\nHost: t\r\nX-Token: wrong\r\nContent-Length: %d\r\n\r\n" % len(body)
+    answer = write_first(port, head + body)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
+
+
+def test_urllib_reads_the_413_for_an_over_limit_body(serve_live):
+    """
+    Given a body limit of 10 KiB
+    When Python's urllib (which writes the whole body, with Connection: close, before it reads) posts 4 MiB
+    Then urllib raises HTTPError 413 with the JSON answer, not a connection reset or broken pipe.
+    """
+    import urllib.error
+    import urllib.request
+
+    port, _ = serve_live(**SMALL_LIMIT)
+    body = json.dumps({"name": "x" * (4 * 1024 * 1024)}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/", data=body, headers={"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=20)
+    assert raised.value.code == 413
+    assert json.loads(raised.value.read())["error"] == "payload_too_large"
+
+
+def test_an_endless_head_gets_431_and_the_connection_closes(live_server):
+    """
+    Given the 64 KiB head limit
+    When a client sends header lines in 8 KiB pieces and never ends the head
+    Then it gets 431 headers_too_large once over the limit, and the connection closes.
+    """
+    port, _ = live_server
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"POST / HTTP/1.1\r\nHost: t\r\n")
+        answer = b""
+        for number in range(40):
+            try:
+                client.sendall(b"X-Pad-%d: %s\r\n" % (number, b"a" * 8192))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.01)
+        more, _ = read_until_closed(client, limit=5)
+        answer += more
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
+def test_expect_100_continue_gets_the_early_answer_without_sending_the_body(serve_live, tmp_path):
+    """
+    Given header-token auth and a 10 KiB body limit
+    When curl posts a 1 MiB file with `Expect: 100-continue` with a wrong token, or over the limit, and one with the
+         right token under the limit
+    Then curl gets 401 and 413 without having uploaded a byte of the body (the answer comes before any 100
+         Continue), and the good one is created (200, after 100 Continue).
+    """
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    port, _ = serve_live(credentials={"identifier": "_header:X-Token", "password": "right"}, **SMALL_LIMIT)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"name": "x" * 1024 * 1024}))
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"name": "ok"}))
+
+    def post(path: Path, token: str) -> tuple[int, int]:
+        result = subprocess.run(
+            [curl, "-sS", "-o", os.devnull, "-w", "%{http_code} %{size_upload}", "--expect100-timeout", "30",
+             "-H", "Expect: 100-continue", "-H", "Content-Type: application/json", "-H", f"X-Token: {token}",
+             "--data-binary", f"@{path}", f"http://127.0.0.1:{port}/"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        code, uploaded = result.stdout.split()
+        return int(code), int(float(uploaded))
+
+    assert post(big, "wrong") == (401, 0)
+    assert post(big, "right") == (413, 0)
+    code, uploaded = post(small, "right")
+    assert code == 200 and uploaded == small.stat().st_size
+
+
+def test_answers_carry_the_keep_alive_hint_and_an_idle_connection_closes_after_it(serve_live):
+    """
+    Given keep_alive_seconds 1
+    When a client is answered (events and health) and then stays idle
+    Then each answer says `keep-alive: timeout=1`, and the connection is closed about 1 s after the last answer,
+         without a word.
+    """
+    port, _ = serve_live(keep_alive_seconds="1")
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        assert b"\r\nkeep-alive: timeout=1\r\n" in read_response(client).lower()
+        client.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert b"\r\nkeep-alive: timeout=1\r\n" in read_response(client).lower()
+        answer, took = read_until_closed(client, limit=6)
+    assert answer == b""
+    assert 0.8 < took < 4
+
+
+def test_a_keep_alive_connection_that_stalls_after_an_early_413_is_closed(serve_live, monkeypatch):
+    """
+    Given a 10 KiB body limit and a linger pause limit of 0.5 s
+    When a keep-alive client announces a 100 KB body, sends 20 KB of it and then nothing
+    Then it gets its 413 and the connection closes soon after (on h11 such a connection used to stay open for good).
+    """
+    monkeypatch.setattr(GenericWebhook, "LINGER_IDLE_SECONDS", 0.5)
+    monkeypatch.setattr(GenericWebhook, "DEADLINE_CHECK_SECONDS", 0.1)
+    port, _ = serve_live(**SMALL_LIMIT)
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b" " * 20_000)
+        answer, took = read_until_closed(client, limit=6)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert took < 4
+
+
+def test_lingering_is_bounded_in_bytes(serve_live, monkeypatch):
+    """
+    Given a linger limit of 1 MiB
+    When a client keeps sending after its 413 (a body far over what it announced)
+    Then the server stops reading and closes (the client's writes fail) instead of reading for ever.
+    """
+    monkeypatch.setattr(GenericWebhook, "LINGER_MAX_BYTES", 1024 * 1024)
+    port, _ = serve_live(**SMALL_LIMIT)
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 999999999\r\n\r\n")
+        client.settimeout(5)
+        chunk = b" " * 65536
+        with pytest.raises((BrokenPipeError, ConnectionResetError, TimeoutError)):
+            while sent < 64 * 1024 * 1024:
+                client.sendall(chunk)
+                sent += len(chunk)
+    assert sent < 32 * 1024 * 1024
