@@ -70,6 +70,7 @@ IDLE_PHASE = "idle"  # keep-alive, between requests
 LINGER_PHASE = "linger"  # answered and closing: reading and throwing away the rest of a request
 # In the scope of a request served by the guarded protocol, which enforces the body deadlines itself.
 BODY_GUARD_KEY = "generic_webhook_body_guard"
+CORK_KEY = "generic_webhook_cork"  # the connection's GuardedTransport: an answer's writes go out as one
 BODY_GUARDED = "guarded"
 BODY_TIMED_OUT = "timed_out"
 BODY_TIMEOUT_DETAIL = (
@@ -1780,8 +1781,17 @@ class WebhookIntake:
             else:  # answered before the body was read: the connection closes (lingering: the client reads this)
                 connection = CONNECTION_CLOSE
             headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), connection, *extra_headers]
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            cork = scope.get(CORK_KEY)
+            if cork is None:
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+            else:
+                cork.cork()
+                try:
+                    await send({"type": "http.response.start", "status": status, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+                finally:
+                    cork.uncork()
         finally:
             elapsed = time.monotonic() - started
             self.metrics.observe(status, elapsed)
@@ -2169,7 +2179,10 @@ def set_nodelay(transport: Any) -> None:
 class GuardedTransport:
     """The transport uvicorn's protocol is given: the connection's own, except that close() goes to the guard,
     which may linger (see ConnectionGuard.close_connection) and stops passing data on. Hot methods are the real
-    transport's bound methods, so a request costs no extra call."""
+    transport's bound methods, so a request costs no extra call.
+
+    cork() ... uncork() around an answer's messages makes it one write (one send() and one TCP segment instead of
+    one for the head and one for the body); the app finds this object in the scope under CORK_KEY."""
 
     def __init__(self, transport: asyncio.Transport, guard: "ConnectionGuard") -> None:
         self.transport = transport
@@ -2178,6 +2191,21 @@ class GuardedTransport:
         self.writelines = transport.writelines
         self.get_extra_info = transport.get_extra_info
         self.get_write_buffer_size = transport.get_write_buffer_size
+        self.held: list[bytes] | None = None
+
+    def cork(self) -> None:
+        if self.held is None:
+            self.held = []
+            self.write = self.held.append
+
+    def uncork(self) -> None:
+        held = self.held
+        if held is None:
+            return
+        self.held = None
+        self.write = self.transport.write
+        if held:
+            self.transport.write(b"".join(held))
 
     def is_closing(self) -> bool:
         return self.guard.closing or self.transport.is_closing()
@@ -2225,6 +2253,7 @@ class ConnectionGuard:
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         set_nodelay(transport)
         self.real_transport = transport
+        self.guarded_transport = GuardedTransport(transport, self)
         self.closing = False
         self.lost = False
         self.linger_bytes = 0
@@ -2232,7 +2261,7 @@ class ConnectionGuard:
         self.head_bytes = 0
         self.phase: str | None = HEAD_PHASE
         self.body_deadline = 0.0
-        super().connection_made(GuardedTransport(transport, self))  # type: ignore[misc]
+        super().connection_made(self.guarded_transport)  # type: ignore[misc]
         loop = self.loop  # type: ignore[attr-defined]
         self.deadline = loop.time() + HEADER_TIMEOUT_SECONDS
         deadlines = self.deadlines_of.get(loop)
@@ -2268,6 +2297,7 @@ class ConnectionGuard:
 
     def _track_body_begins(self, scope: dict) -> None:
         scope[BODY_GUARD_KEY] = BODY_GUARDED
+        scope[CORK_KEY] = self.guarded_transport
         self.phase = BODY_PHASE
         now = self.loop.time()  # type: ignore[attr-defined]
         self.body_deadline = now + BODY_TOTAL_TIMEOUT_SECONDS
@@ -2284,6 +2314,7 @@ class ConnectionGuard:
     # ---- closing
     def close_connection(self) -> None:
         """uvicorn (or a guard) closes the connection. If the client may still be sending a request, linger."""
+        self.guarded_transport.uncork()  # what the answer wrote so far goes first
         if self.closing or self.lost:
             if self.lost or self.phase != LINGER_PHASE:
                 self.real_transport.close()
@@ -2417,7 +2448,9 @@ def _guarded_h11(keep_alive: float) -> Any:
         def _request_received(self) -> None:
             if self.cycle is not self.current_cycle:  # head and whole body in one go
                 self.current_cycle = self.cycle
-                self.scope[BODY_GUARD_KEY] = BODY_GUARDED
+                scope = self.scope
+                scope[BODY_GUARD_KEY] = BODY_GUARDED
+                scope[CORK_KEY] = self.guarded_transport
             self.phase = None
 
         def on_response_complete(self) -> None:
@@ -2555,6 +2588,10 @@ def server_config_for(config: WebhookConfig, app: Any, http: str | None = None) 
             ssl_certfile=cert_path or None,
             ssl_keyfile=key_path or None,
             timeout_keep_alive=config.keep_alive_seconds + KEEP_ALIVE_GRACE_SECONDS,
+            # The caller's address is the integration's own business (client_address): uvicorn's X-Forwarded-For
+            # rewriting would let a forged header stand in for a loopback peer.
+            proxy_headers=False,
+            server_header=False,  # no `server: uvicorn`: nothing to tell a scanner
             h11_max_incomplete_event_size=MAX_HEADER_BYTES + H11_BUFFER_SLACK,
         )
         server_config.load()

@@ -2102,3 +2102,73 @@ def test_lingering_is_bounded_in_bytes(serve_live, monkeypatch):
                 client.sendall(chunk)
                 sent += len(chunk)
     assert sent < 32 * 1024 * 1024
+
+
+class RecordingTransport:
+    """Just enough of an asyncio transport to see what is written and when it closes."""
+
+    def __init__(self):
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def writelines(self, lines) -> None:
+        self.writes.extend(lines)
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_a_corked_answer_is_one_write_and_a_close_flushes_it_first():
+    """
+    Given the transport uvicorn's protocol writes to, corked for an answer
+    When the head, the body and an empty end are written, then it is uncorked
+    Then the connection gets one write with all of it; and a close while corked writes what was held first.
+    """
+
+    class Guard:
+        closing = False
+
+    real = RecordingTransport()
+    transport = GenericWebhook.GuardedTransport(real, Guard())
+    transport.cork()
+    for part in (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", b"[]", b""):
+        transport.write(part)
+    assert real.writes == []
+    transport.uncork()
+    assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]"]
+    transport.write(b"later")
+    assert real.writes[-1] == b"later"
+
+
+def test_the_answer_to_an_event_leaves_in_one_write(live_server, mocker):
+    """
+    Given the served app
+    When an event is posted
+    Then the connection's transport gets the whole answer (head and body) in one write: one send() and one TCP
+         segment, not two (with TCP_NODELAY, two writes are two segments for both ends to handle).
+    """
+    port, _ = live_server
+    mocker.patch.object(demisto, "createIncidents", return_value=[{"id": "1", "name": "x"}])
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")  # the connection exists on the server now
+        read_response(client)
+        (connection,) = list(live_server.server.server_state.connections)
+        real = connection.real_transport
+        writes: list[bytes] = []
+        original = real.write
+        connection.guarded_transport.transport = type(
+            "Counting", (), {"write": lambda self, data: (writes.append(data), original(data))[1]}
+        )()
+        client.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        answer = read_response(client)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert writes == [answer]
