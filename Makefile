@@ -4,10 +4,16 @@ VENV := .venv
 SDK_VENV := .venv-sdk
 SDK_VERSION := 1.39.13
 PY := $(VENV)/bin/python
+# The integration's docker image (its YAML's `dockerimage`) replicated: its Python and exactly its libraries
+# (xsoar_local/images/*.txt), plus the test tools. The pack's tests, and the instance processes of the end-to-end
+# tests, run on it too.
+IMAGE_VENV := .venv-image
+IMAGE_PY := $(IMAGE_VENV)/bin/python
+INTEGRATION_YML := Packs/GenericWebhook/Integrations/GenericWebhook/GenericWebhook.yml
 SDK := $(SDK_VENV)/bin/demisto-sdk
 export DEMISTO_SDK_IGNORE_CONTENT_WARNING := 1
 
-.PHONY: run test lint validate pack pytest pack-pythons bench clean
+.PHONY: run test lint validate pack pytest pytest-image-pack pytest-image-e2e $(IMAGE_VENV) bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +27,16 @@ $(SDK_VENV)/.installed:
 	$(SDK_VENV)/bin/pip install -q 'demisto-sdk==$(SDK_VERSION)'
 	touch $@
 
+# Stdlib only, so on $(PYTHON); rebuilds when the pin file's content changes (the hash in the marker), else reuses.
+$(IMAGE_VENV)/.installed: xsoar_local/images.py $(wildcard xsoar_local/images/*.txt) $(INTEGRATION_YML)
+	$(PYTHON) -m xsoar_local.images venv --integration $(INTEGRATION_YML) $(IMAGE_VENV) --test-tools
+
+$(IMAGE_VENV): $(IMAGE_VENV)/.installed
+
 run: $(VENV)/.installed
 	$(VENV)/bin/xsoar-local up
 
-test: lint validate pack pytest pack-pythons
+test: lint validate pack pytest-image-pack pytest pytest-image-e2e
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -47,12 +59,17 @@ pack: $(SDK_VENV)/.installed
 pytest: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-# The pack's unit tests on Python 3.10 and 3.12 too (the image's Python is not ours to choose).
-pack-pythons:
-	scripts/pack-pythons.sh
+# The pack's unit tests on the image (from the repository root: conftest.py puts script_env/ on sys.path).
+pytest-image-pack: $(IMAGE_VENV)/.installed
+	$(IMAGE_PY) -m pytest -q Packs
 
-bench: $(VENV)/.installed
+# Every test that starts the integration in a process (tests/conftest.py's `launch`): harness on .venv, the
+# instance processes on the image.
+pytest-image-e2e: $(VENV)/.installed $(IMAGE_VENV)/.installed
+	$(PY) -m pytest -q -m instance_process --instance-python $(IMAGE_PY) tests
+
+bench: $(VENV)/.installed $(IMAGE_VENV)/.installed
 	$(PY) -m bench
 
 clean:
-	rm -rf build .xsoar-local .venv-py310 .venv-py312
+	rm -rf build .xsoar-local $(IMAGE_VENV)

@@ -1,4 +1,5 @@
-"""`python -m bench` (= `make bench`): run every scenario once, print the table, write bench/results/latest.json."""
+"""`python -m bench` (= `make bench`): run every scenario on each stack (the image replica first, then the dev venv),
+print a table per stack, write bench/results/latest.json."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from bench.run import RESULTS, Options, run
 from bench.scenarios import SCENARIOS
+from bench.stacks import STACK_KEYS, StackError
 from bench.targets import TargetError
 
 
@@ -19,7 +21,7 @@ def _stop(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     keys = [item.key for item in SCENARIOS]
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--duration", type=float, help="seconds of load per scenario, over all rounds (default 8)")
+    parser.add_argument("--duration", type=float, help="seconds of load per scenario and stack (default 8)")
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default 64)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per scenario (default 4)")
     parser.add_argument("--quick", action="store_true", help="short run: 3 s per scenario in 3 rounds, smaller checks")
@@ -30,6 +32,15 @@ def main(argv: list[str] | None = None) -> int:
         help="load generator (default: wrk when on PATH, else python)",
     )
     parser.add_argument("--scenarios", default=",".join(keys), help=f"comma-separated subset of {','.join(keys)}")
+    parser.add_argument(
+        "--stacks",
+        default=",".join(STACK_KEYS),
+        help="comma-separated stacks, measured in this order: image (.venv-image, h11 + asyncio), dev (.venv)",
+    )
+    parser.add_argument(
+        "--image-python", type=Path, help="interpreter of the image stack (default .venv-image/bin/python)"
+    )
+    parser.add_argument("--dev-python", type=Path, help="interpreter of the dev stack (default .venv/bin/python)")
     parser.add_argument("--integrity-incidents", type=int, help="incidents sent in each integrity pass (10000)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder with stores and logs")
@@ -38,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [key for key in chosen if key not in keys]
     if unknown:
         parser.error(f"unknown scenario {', '.join(unknown)} (choose from {', '.join(keys)})")
+    stacks = tuple(key.strip() for key in args.stacks.split(",") if key.strip())
+    if not stacks or any(key not in STACK_KEYS for key in stacks):
+        parser.error(f"--stacks: choose from {', '.join(STACK_KEYS)}")
     if args.connections < 1:
         parser.error("--connections must be at least 1")
     options = Options(
@@ -48,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         integrity_incidents=args.integrity_incidents or (2_000 if args.quick else 10_000),
         tool=args.tool,
         scenarios=chosen,
+        stacks=stacks,
+        image_python=args.image_python,
+        dev_python=args.dev_python,
         output=args.output,
         keep=args.keep,
     )
@@ -55,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _stop)
     try:
         built, table = run(options)
-    except (TargetError, RuntimeError) as error:
+    except (StackError, TargetError, RuntimeError) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
     print(table)

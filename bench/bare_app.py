@@ -1,31 +1,43 @@
-"""The reference apps, on the Generic Webhook listener's own uvicorn settings (`server_config_for` of the
-integration: the guarded httptools protocol with uvloop where installed, no log config, no access log,
-keep-alive 5 s, 64 KiB head limit). `python -m bench.bare_app --port N [--floor]` serves one on 127.0.0.1:N
-until SIGTERM.
+"""The reference apps of the benchmark. `python -m bench.bare_app --port N [--mode own|floor|stock]` serves one on
+127.0.0.1:N until SIGTERM, on the interpreter it is started with (the stack under test).
 
-- bare (the ceiling, scenario a): reads the body and answers a constant JSON list.
-- floor (scenario floor): also does the least any receiver that answers like the Generic Webhook must do per
-  event, and nothing else: parse the JSON body, serialize the event with the request headers into rawJSON, and
-  answer the incident as JSON. No auth, no incident creation, no logging: what is left between it and (b) is the
-  integration's own work.
+- own (scenario a-own, a ceiling): reads the body and answers a constant JSON list, served on the Generic Webhook
+  listener's own uvicorn settings: the listen socket from the integration's `bind_listen_socket`, the
+  `uvicorn.Config` from its `server_config_for` (its HTTP protocol, no log config, no access log, keep-alive,
+  head limit). Whatever those settings cost, defects included, this ceiling carries too.
+- stock (scenario a, the ceiling the targets are measured against): the same app as stock uvicorn serves it,
+  `uvicorn.run(app, host=..., port=...)` with default settings except logging: `log_level="warning"` and
+  `access_log=False` (the integration batches its access log; a line per request here would only fill the log).
+  uvicorn binds the socket itself (asyncio's `create_server`).
+- floor (scenario floor): the own-settings app that also does the least any receiver that answers like the
+  Generic Webhook must do per event, and nothing else: parse the JSON body, serialize the event with the request
+  headers into rawJSON, and answer the incident as JSON. No auth, no incident creation, no logging: what is left
+  between it and (b) is the integration's own work.
+
+Only the standard library, uvicorn and (for own and floor) the integration are imported, so that it runs on the
+image replica (`.venv-image`) as well as on the dev venv.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import socket
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from bench.payloads import ALERT
-from bench.targets import PACK, REPO
 
-sys.path[:0] = [str(REPO / "xsoar_local" / "script_env"), str(PACK / "Integrations" / "GenericWebhook")]
-import GenericWebhook  # noqa: E402  (the integration, for its uvicorn settings)
+REPO = Path(__file__).resolve().parents[1]
+INTEGRATION_DIR = REPO / "Packs" / "GenericWebhook" / "Integrations" / "GenericWebhook"
+SCRIPT_ENV_DIR = REPO / "xsoar_local" / "script_env"
+HOST = "127.0.0.1"
+BIND_HOST_VAR = "GENERIC_WEBHOOK_BIND_HOST"  # where bind_listen_socket binds (xsoar-local sets it the same)
 
 # What the integration answers for one incident, roughly: the created incident list.
 ANSWER = json.dumps(
@@ -40,6 +52,8 @@ HEALTH_HEADERS = [(b"content-type", b"application/json"), (b"content-length", st
 async def _lifespan(receive: Callable, send: Callable) -> None:
     message = await receive()
     if message["type"] == "lifespan.startup":
+        loop = type(asyncio.get_running_loop())
+        print(f"bench.bare_app: loop {loop.__module__}.{loop.__qualname__}", flush=True)
         await send({"type": "lifespan.startup.complete"})
         await receive()
         await send({"type": "lifespan.shutdown.complete"})
@@ -89,17 +103,48 @@ async def floor_app(scope: dict[str, Any], receive: Callable, send: Callable) ->
     await send({"type": "http.response.body", "body": answer})
 
 
+def _protocol_name(http: Any) -> str:
+    return http if isinstance(http, str) else getattr(http, "__name__", repr(http))
+
+
+def serve_own(port: int, asgi_app: Callable) -> None:
+    """`asgi_app` on the integration's own settings: its listen socket and its uvicorn.Config."""
+    sys.path[:0] = [str(SCRIPT_ENV_DIR), str(INTEGRATION_DIR)]
+    import GenericWebhook  # the integration, for its socket and uvicorn settings
+
+    os.environ.setdefault(BIND_HOST_VAR, HOST)
+    sock = GenericWebhook.bind_listen_socket(port)
+    settings = GenericWebhook.WebhookConfig.from_params({"longRunningPort": port})
+    config = GenericWebhook.server_config_for(settings, asgi_app)
+    # One line for the benchmark's record: what the shared settings gave this interpreter.
+    print(
+        f"bench.bare_app: listen_proto={sock.proto} "
+        f"http={_protocol_name(getattr(config, 'http_protocol_class', config.http))}",
+        flush=True,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve_stock(port: int) -> None:
+    """The bare app as stock uvicorn serves it (default settings; logging quieted, see the module docstring)."""
+    print("bench.bare_app: stock uvicorn.run", flush=True)
+    uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bare_app", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--floor", action="store_true", help="serve the floor app instead of the bare one")
+    parser.add_argument(
+        "--mode",
+        choices=["own", "floor", "stock"],
+        default="own",
+        help="own: bare app on the integration's settings; floor: the floor app on them; stock: uvicorn.run",
+    )
     args = parser.parse_args()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", args.port))
-    settings = GenericWebhook.WebhookConfig.from_params({"longRunningPort": args.port})
-    config = GenericWebhook.server_config_for(settings, floor_app if args.floor else app)
-    uvicorn.Server(config).run(sockets=[sock])
+    if args.mode == "stock":
+        serve_stock(args.port)
+    else:
+        serve_own(args.port, floor_app if args.mode == "floor" else app)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,19 @@ class Scenario:
     key: str
     title: str
     kind: BodyKind
-    webhook: bool  # False for the bare ASGI ceiling, which stores nothing
+    webhook: bool  # False for the reference apps (the ceilings and the floor), which store nothing
     samples: bool | None = None  # store_samples of the instance
     via: str = "direct"  # "direct" (listen port) or "reroute" (xsoar-local gateway)
+    app: str | None = None  # reference apps: the mode of bench/bare_app.py (stock, own, floor)
 
+
+CEILING = "a"  # the stock ceiling: the targets are ratios to it
+OWN_CEILING = "a-own"  # the ceiling on the integration's own settings
 
 SCENARIOS = (
-    Scenario("a", "bare ASGI app (ceiling)", SINGLE, webhook=False),
-    Scenario("floor", "bare app + parse, rawJSON, JSON answer", SINGLE, webhook=False),
+    Scenario(CEILING, "bare app, stock uvicorn.run (ceiling)", SINGLE, webhook=False, app="stock"),
+    Scenario(OWN_CEILING, "bare app, integration's settings (ceiling)", SINGLE, webhook=False, app="own"),
+    Scenario("floor", "a-own + parse, rawJSON, JSON answer", SINGLE, webhook=False, app="floor"),
     Scenario("b", "webhook, direct, samples off", SINGLE, webhook=True, samples=False),
     Scenario("b'", "webhook, direct, samples on", SINGLE, webhook=True, samples=True),
     Scenario("c", "webhook via reroute, samples off", SINGLE, webhook=True, samples=False, via="reroute"),
@@ -48,6 +53,8 @@ class Measured:
     expected_max: int = 0  # ... plus what wrk may have sent but not waited for
     integrity: dict = field(default_factory=dict)
     peak_rss_mib: dict[str, float | None] = field(default_factory=dict)
+    interpreters: dict[str, str] = field(default_factory=dict)  # role -> argv[0] of its process
+    settings: list[str] = field(default_factory=list)  # what a reference app reported about its settings
 
     @property
     def requests(self) -> int:
@@ -88,6 +95,16 @@ class Measured:
     def ratio_to(self, other: Measured) -> float | None:
         """Median over rounds of this scenario's req/s over `other`'s in the same round (measured seconds apart)."""
         pairs = [mine.rps / theirs.rps for mine, theirs in zip(self.rounds, other.rounds, strict=False) if theirs.rps]
+        return statistics.median(pairs) if pairs else None
+
+    def incidents_ratio_to(self, other: Measured) -> float | None:
+        """The same for incidents/s (2xx responses x incidents per request)."""
+        mine_per, theirs_per = self.scenario.kind.incidents, other.scenario.kind.incidents
+        pairs = [
+            (mine.ok * mine_per / mine.seconds) / (theirs.ok * theirs_per / theirs.seconds)
+            for mine, theirs in zip(self.rounds, other.rounds, strict=False)
+            if mine.seconds and theirs.seconds and theirs.ok
+        ]
         return statistics.median(pairs) if pairs else None
 
     @property

@@ -22,7 +22,7 @@ import yaml
 
 from xsoar_local.packs import find_integration, load_pack
 from xsoar_local.params import resolve_params
-from xsoar_local.runner import runner_command, runner_env
+from xsoar_local.runner import INSTANCE_PYTHON_VAR, runner_command, runner_env
 from xsoar_local.store import Store, open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,15 +197,18 @@ def _popen(command: list[str], log_path: Path, env: dict[str, str] | None = None
         )
 
 
-def start_bare_app(workdir: Path, *, floor: bool = False) -> Target:
-    """The bare ceiling app, or with `floor` the app that does only the least per-event work (bench/bare_app.py)."""
+BARE_MODES = {"own": "bare app, own settings", "stock": "bare app, stock uvicorn", "floor": "floor app"}
+
+
+def start_bare_app(workdir: Path, python: str, *, mode: str = "own") -> Target:
+    """A reference app of bench/bare_app.py on `python` (the stack's interpreter): `own` (the bare app on the
+    integration's settings), `stock` (the bare app under a default `uvicorn.run`) or `floor`."""
     port = free_port()
-    log_path = workdir / ("floor-app.log" if floor else "bare-app.log")
-    command = [sys.executable, "-m", "bench.bare_app", "--port", str(port)] + (["--floor"] if floor else [])
+    log_path = workdir / f"{mode}-app.log"
+    command = [python, "-m", "bench.bare_app", "--port", str(port), "--mode", mode]
     process = _popen(command, log_path)
     base = f"http://{LOOPBACK}:{port}"
-    name = "floor app" if floor else "bare ASGI"
-    return Target(name, f"{base}/", f"{base}/health", process, log_path, pids={"server": process.pid})
+    return Target(BARE_MODES[mode], f"{base}/", f"{base}/health", process, log_path, pids={"server": process.pid})
 
 
 def webhook_params(*, store_samples: bool, secret: str, port: int | None = None) -> dict[str, Any]:
@@ -220,8 +223,8 @@ def webhook_params(*, store_samples: bool, secret: str, port: int | None = None)
     return params
 
 
-def start_instance(workdir: Path, name: str, params: dict[str, Any], secret: str) -> Target:
-    """The integration's own process, started the way the platform starts it, on its own store file."""
+def start_instance(workdir: Path, name: str, params: dict[str, Any], secret: str, python: str) -> Target:
+    """The integration's own process on `python`, started the way the platform starts it, on its own store."""
     port = free_port()
     _, integration = find_integration([load_pack(PACK)], INTEGRATION)
     resolved = resolve_params(name, integration, {**params, "longRunningPort": port})
@@ -235,7 +238,7 @@ def start_instance(workdir: Path, name: str, params: dict[str, Any], secret: str
         store_path=store_path,
     )
     log_path = workdir / f"{name}.log"
-    process = _popen(runner_command(PACK, INTEGRATION), log_path, env)
+    process = _popen(runner_command(PACK, INTEGRATION, python=python), log_path, env)
     base = f"http://{LOOPBACK}:{port}"
     return Target(
         name,
@@ -250,8 +253,9 @@ def start_instance(workdir: Path, name: str, params: dict[str, Any], secret: str
     )
 
 
-def start_gateway(workdir: Path, name: str, params: dict[str, Any], secret: str) -> Target:
-    """`xsoar-local up` with one external instance; events go through /instance/execute/<name>."""
+def start_gateway(workdir: Path, name: str, params: dict[str, Any], secret: str, python: str) -> Target:
+    """`xsoar-local up` (on this interpreter) with one external instance, which runs on `python`
+    (XSOAR_LOCAL_INSTANCE_PYTHON); events go through /instance/execute/<name>."""
     data_dir = workdir / "xsoar-local"
     port = free_port()
     config = {
@@ -274,7 +278,8 @@ def start_gateway(workdir: Path, name: str, params: dict[str, Any], secret: str)
     config_path = workdir / "xsoar-local.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     log_path = workdir / "xsoar-local.log"
-    process = _popen([sys.executable, "-m", "xsoar_local", "up", "--config", str(config_path)], log_path)
+    env = {**os.environ, INSTANCE_PYTHON_VAR: python}
+    process = _popen([sys.executable, "-m", "xsoar_local", "up", "--config", str(config_path)], log_path, env)
     base = f"http://{LOOPBACK}:{port}"
     return Target(
         name,

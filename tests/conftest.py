@@ -27,6 +27,33 @@ LOOPBACK = "127.0.0.1"
 
 T = TypeVar("T")
 
+# Tests that start the integration in a process of its own (they use `launch`): `-m instance_process
+# --instance-python .venv-image/bin/python` runs them with those processes on the integration's docker image
+# replicated (`make .venv-image`), the harness staying on this interpreter.
+INSTANCE_PROCESS_MARK = "instance_process"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--instance-python",
+        metavar="PATH",
+        default=None,
+        help="interpreter for the integration processes that `launch` starts (default: XSOAR_LOCAL_INSTANCE_PYTHON, "
+        "else this one), e.g. .venv-image/bin/python",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    python = config.getoption("instance_python")
+    if python and not (Path(python).is_file() and os.access(python, os.X_OK)):
+        raise pytest.UsageError(f"--instance-python {python}: no such interpreter (for .venv-image: make .venv-image)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "launch" in getattr(item, "fixturenames", ()):
+            item.add_marker(INSTANCE_PROCESS_MARK)
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel's choice)."""
@@ -149,14 +176,21 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
 Launcher = Callable[..., Instance]
 
 
+@pytest.fixture(scope="session")
+def instance_python(pytestconfig: pytest.Config) -> str | None:
+    """The interpreter of `--instance-python` (absolute: the processes start with the repository as cwd), or None."""
+    python = pytestconfig.getoption("instance_python")
+    return os.path.abspath(python) if python else None
+
+
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launcher]:
+def launch(tmp_path: Path, instance_python: str | None) -> Iterator[Launcher]:
     """Start integration processes on the store file `tmp_path/store.db`; every one is stopped at teardown.
 
     launch(params, command=..., name=..., pack=..., env=...) -> Instance runs the integration the platform's
     way (`python -m xsoar_local.runner <pack> "Generic Webhook"`), from the split pack folder unless `pack`
     names another (for example one holding the unified YAML); `params["longRunningPort"]` defaults to a free
-    loopback port. Each process gets its own fresh TMPDIR.
+    loopback port. Each process gets its own fresh TMPDIR, and runs on `--instance-python` when given.
     """
     started: list[Instance] = []
     store_path = tmp_path / "store.db"
@@ -190,7 +224,7 @@ def launch(tmp_path: Path) -> Iterator[Launcher]:
         process_env.update(TMPDIR=str(proc_tmp), DEMISTO_LOG_LEVEL="debug", **(env or {}))
         with stderr_path.open("wb") as stderr:
             process = subprocess.Popen(
-                runner_command(pack, INTEGRATION_ID),
+                runner_command(pack, INTEGRATION_ID, instance_python),
                 cwd=REPO,
                 env=process_env,
                 stdin=subprocess.DEVNULL,

@@ -26,17 +26,36 @@ from xsoar_local.packs import find_integration, load_pack
 from xsoar_local.params import LISTEN_PORT_PARAM
 
 SCRIPT_ENV_DIR = Path(__file__).resolve().parent / "script_env"
+# The directory holding the xsoar_local package (the repository root of a checkout or editable install): first on
+# a runner's PYTHONPATH, so that `-m xsoar_local.runner` imports this package on any interpreter (one without it
+# installed, such as .venv-image's) and from any cwd.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 # Set by the platform for the processes it starts; a runner whose parent is gone stops (no orphans).
 PARENT_PID_VAR = "XSOAR_LOCAL_PARENT_PID"
+
+# The interpreter supervised instances run on, when not this one's (for example `.venv-image/bin/python`, the
+# integration's docker image replicated by `make .venv-image`).
+INSTANCE_PYTHON_VAR = "XSOAR_LOCAL_INSTANCE_PYTHON"
 
 # Module attributes that describe CommonServerPython itself rather than names the script may use.
 _MODULE_ATTRIBUTES = {"__name__", "__file__", "__doc__", "__spec__", "__loader__", "__package__", "__cached__"}
 _MODULE_ATTRIBUTES |= {"__builtins__", "__path__"}
 
 
-def runner_command(pack_path: Path, integration_id: str) -> list[str]:
-    return [sys.executable, "-m", "xsoar_local.runner", str(pack_path), integration_id]
+def runner_command(pack_path: Path, integration_id: str, python: str | None = None) -> list[str]:
+    """The command line of a runner process. `python` is the interpreter of the environment the script runs in
+    (for example `.venv-image/bin/python`, the integration's docker image replicated); by default the one
+    XSOAR_LOCAL_INSTANCE_PYTHON names, else this one.
+    The runner itself needs only the standard library and PyYAML there; `runner_env()` puts this package on its
+    PYTHONPATH."""
+    return [
+        python or os.environ.get(INSTANCE_PYTHON_VAR) or sys.executable,
+        "-m",
+        "xsoar_local.runner",
+        str(pack_path),
+        integration_id,
+    ]
 
 
 def runner_env(
@@ -49,7 +68,8 @@ def runner_env(
     results_file: Path | None = None,
     fetch_samples: bool = False,
 ) -> dict[str, str]:
-    """The environment of a runner process: this one's, with the script-environment variables replaced."""
+    """The environment of a runner process: this one's, with the script-environment variables replaced and this
+    package's root first on PYTHONPATH."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -64,6 +84,7 @@ def runner_env(
         PYTHONUNBUFFERED="1",
         # The Generic Webhook listener binds here; the platform's gateway is the way in from outside.
         GENERIC_WEBHOOK_BIND_HOST="127.0.0.1",
+        PYTHONPATH=_python_path(env.get("PYTHONPATH", "")),
         **{PARENT_PID_VAR: str(os.getpid())},
     )
     if store_path is not None:
@@ -71,6 +92,12 @@ def runner_env(
     if results_file is not None:
         env["DEMISTO_RESULTS_FILE"] = str(results_file)
     return env
+
+
+def _python_path(existing: str) -> str:
+    """PACKAGE_ROOT, then the entries of `existing` (without PACKAGE_ROOT again)."""
+    root = str(PACKAGE_ROOT)
+    return os.pathsep.join([root, *(entry for entry in existing.split(os.pathsep) if entry and entry != root)])
 
 
 def _as_served(params: dict[str, Any]) -> dict[str, Any]:

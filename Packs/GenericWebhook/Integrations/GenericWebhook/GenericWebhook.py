@@ -2326,6 +2326,12 @@ class ConnectionGuard:
             transport.close()
             return
         self.phase = LINGER_PHASE
+        # For the app, the connection is gone now (uvicorn would say so when the transport is lost): a request
+        # still being handled sees the disconnect, and its answer is not sent after the one that closed.
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and not getattr(cycle, "response_complete", True):
+            cycle.disconnected = True
+            cycle.message_event.set()
         now = self.loop.time()  # type: ignore[attr-defined]
         self.linger_end = now + LINGER_TOTAL_SECONDS
         self.deadline = now + LINGER_IDLE_SECONDS

@@ -2164,10 +2164,16 @@ def test_the_answer_to_an_event_leaves_in_one_write(live_server, mocker):
         (connection,) = list(live_server.server.server_state.connections)
         real = connection.real_transport
         writes: list[bytes] = []
-        original = real.write
-        connection.guarded_transport.transport = type(
-            "Counting", (), {"write": lambda self, data: (writes.append(data), original(data))[1]}
-        )()
+
+        class Counting:
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+                real.write(data)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+        connection.guarded_transport.transport = Counting()
         client.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
         answer = read_response(client)
     assert answer.startswith(b"HTTP/1.1 200 ")
