@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import httpx
 import pytest
@@ -162,3 +163,33 @@ def test_a_pooled_client_reuses_its_connection_after_a_pause_longer_than_five_se
     assert (first.status_code, second.status_code) == (200, 200)
     assert first.headers["keep-alive"] == "timeout=120"
     assert port_first == port_second
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_draining_an_over_limit_body_keeps_memory_bounded(launch: Launcher) -> None:
+    """
+    Given an instance with a 10 KiB body limit
+    When a sender writes 48 MiB (Content-Length announced) before reading
+    Then it reads the 413, and the instance's resident memory grows by less than 16 MiB while it throws the body
+         away (it is read and dropped, never held).
+    """
+    instance = serving(launch, **SMALL_LIMIT)
+    before = rss_bytes(instance.process.pid)
+    size = 48 * 1024 * 1024
+    connection = http.client.HTTPConnection(LOOPBACK, instance.port, timeout=60)
+    try:
+        chunks = (b" " * 65536 for _ in range(size // 65536))
+        headers = {"X-Token": "right-token", "Content-Length": str(size), "Content-Type": "application/json"}
+        connection.request("POST", "/", body=chunks, headers=headers)
+        response = connection.getresponse()
+        assert response.status == 413
+        response.read()
+    finally:
+        connection.close()
+    assert rss_bytes(instance.process.pid) - before < 16 * 1024 * 1024
