@@ -64,6 +64,8 @@ DEADLINE_CHECK_SECONDS = 0.5  # how often the connections' deadlines are checked
 LINGER_IDLE_SECONDS = 5  # lingering close: how long the client may pause while we throw away what it sends
 LINGER_TOTAL_SECONDS = 30
 LINGER_MAX_BYTES = 64 * 1024 * 1024
+WRITE_TIMEOUT_SECONDS = 30  # a client that reads nothing of its answers for this long is cut off
+CLOSE_TIMEOUT_SECONDS = 10  # a closed connection whose last bytes the client will not take is aborted after this
 HEAD_PHASE = "head"  # what a connection is doing (None: nothing it must be timed for, the server's turn)
 BODY_PHASE = "body"
 IDLE_PHASE = "idle"  # keep-alive, between requests
@@ -2255,7 +2257,12 @@ class ConnectionGuard:
         self.real_transport = transport
         self.guarded_transport = GuardedTransport(transport, self)
         self.closing = False
+        self.stopping = False
         self.lost = False
+        self.write_paused_at: float | None = None
+        self.close_deadline: float | None = None
+        self.head_refused = False  # an endless head waits for the answer before it, then gets its 431
+        self.message_began = False
         self.linger_bytes = 0
         self.linger_end = 0.0
         self.head_bytes = 0
@@ -2277,18 +2284,48 @@ class ConnectionGuard:
         super().connection_lost(exc)  # type: ignore[misc]
 
     def shutdown(self) -> None:
-        if self.closing:  # the server is stopping: no more lingering
+        self.stopping = True  # the server is stopping: no lingering, nothing to wait for
+        if self.closing:
+            self.phase = None
             self.real_transport.close()
             return
         super().shutdown()  # type: ignore[misc]
+
+    def pause_writing(self) -> None:
+        self.write_paused_at = self.loop.time()  # type: ignore[attr-defined]
+        super().pause_writing()  # type: ignore[misc]
+
+    def resume_writing(self) -> None:
+        self.write_paused_at = None
+        super().resume_writing()  # type: ignore[misc]
 
     # ---- what the adapters call
     def _track_head(self, size: int) -> None:
         """`size` more bytes of a request head arrived (the phase is already HEAD_PHASE)."""
         self.head_bytes += size
         if self.head_bytes > MAX_HEADER_BYTES:
-            self.real_transport.write(HEADERS_TOO_LARGE_RESPONSE)
-            self.close_connection()
+            if self._answer_pending():
+                # An earlier request on this connection is still being answered: its answer goes first.
+                self.head_refused = True
+                self.real_transport.pause_reading()
+                return
+            self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        self.head_refused = False
+        self.guarded_transport.uncork()  # what an answer has written so far goes first
+        self.real_transport.write(HEADERS_TOO_LARGE_RESPONSE)
+        self.close_connection()
+
+    def _answer_pending(self) -> bool:
+        """An earlier request of this connection is still being answered."""
+        cycle = getattr(self, "cycle", None)
+        return (cycle is not None and not getattr(cycle, "response_complete", True)) or self._queued()
+
+    def _after_response(self) -> None:
+        """An answer is complete: an endless head that waited behind it is refused now."""
+        if self.head_refused and not self.closing and not self._answer_pending():
+            self._refuse_head()
 
     def _track_head_begins(self, size: int = 0) -> None:
         self.phase = HEAD_PHASE
@@ -2315,6 +2352,11 @@ class ConnectionGuard:
     def close_connection(self) -> None:
         """uvicorn (or a guard) closes the connection. If the client may still be sending a request, linger."""
         self.guarded_transport.uncork()  # what the answer wrote so far goes first
+        if self.stopping and not self.lost:
+            self.closing = True
+            self.phase = None
+            self.real_transport.close()
+            return
         if self.closing or self.lost:
             if self.lost or self.phase != LINGER_PHASE:
                 self.real_transport.close()
@@ -2328,10 +2370,11 @@ class ConnectionGuard:
         self.phase = LINGER_PHASE
         # For the app, the connection is gone now (uvicorn would say so when the transport is lost): a request
         # still being handled sees the disconnect, and its answer is not sent after the one that closed.
-        cycle = getattr(self, "cycle", None)
-        if cycle is not None and not getattr(cycle, "response_complete", True):
-            cycle.disconnected = True
-            cycle.message_event.set()
+        cycles = [getattr(self, "cycle", None), *(queued for queued, _ in getattr(self, "pipeline", ()))]
+        for cycle in cycles:
+            if cycle is not None and not getattr(cycle, "response_complete", True):
+                cycle.disconnected = True
+                cycle.message_event.set()
         now = self.loop.time()  # type: ignore[attr-defined]
         self.linger_end = now + LINGER_TOTAL_SECONDS
         self.deadline = now + LINGER_IDLE_SECONDS
@@ -2361,13 +2404,23 @@ class ConnectionGuard:
         return False
 
     def check_deadline(self, now: float) -> None:
-        phase = self.phase
-        if phase is None:
+        if self.lost:
+            self.deadlines.discard(self)
             return
         if self.real_transport.is_closing():
-            self.deadlines.discard(self)  # connection_lost follows and would do the same
+            # Closed, with bytes still buffered for a client that does not read them: not for ever.
+            if self.close_deadline is None:
+                self.close_deadline = now + CLOSE_TIMEOUT_SECONDS
+            elif now >= self.close_deadline:
+                self.real_transport.abort()
             return
-        if now < self.deadline:
+        if self.write_paused_at is not None and now - self.write_paused_at > WRITE_TIMEOUT_SECONDS:
+            self.phase = None
+            self.closing = True
+            self.real_transport.abort()  # the client takes none of its answers: nothing would get through
+            return
+        phase = self.phase
+        if phase is None or now < self.deadline:
             return
         if phase in (LINGER_PHASE, IDLE_PHASE):
             self.phase = None
@@ -2386,6 +2439,7 @@ class ConnectionGuard:
             cycle = getattr(self, "cycle", None)
             # Only as the answer to this very request: nothing queued before it, nothing of its answer sent.
             if cycle is not None and not getattr(cycle, "response_started", True):
+                self.guarded_transport.uncork()
                 self.real_transport.write(BODY_TIMEOUT_RESPONSE)
                 self.close_connection()
                 return
@@ -2463,6 +2517,9 @@ def _guarded_h11(keep_alive: float) -> Any:
             H11Protocol.on_response_complete(self)
             if self.closing:
                 return
+            self._after_response()
+            if self.closing:
+                return
             state = self.conn.their_state
             if state is idle:
                 buffered = len(self.conn.trailing_data[0])  # the start of a pipelined head, if any
@@ -2503,7 +2560,9 @@ def _guarded_httptools(keep_alive: float) -> Any:
             # Count only data that arrives while a head is being read: with pipelining, a chunk that starts in
             # the previous request's body is not the next head's (that head is counted from its next chunk, and
             # as a whole when it is complete, by WebhookApp).
+            # A chunk in which a message began holds bytes of another message too: not counted either.
             counts = phase == HEAD_PHASE
+            self.message_began = False
             HttpToolsProtocol.data_received(self, data)
             if self.closing:
                 return
@@ -2511,7 +2570,7 @@ def _guarded_httptools(keep_alive: float) -> Any:
             if phase == BODY_PHASE:  # each chunk of the body moves the idle deadline on
                 self._track_body_data()
             elif phase == HEAD_PHASE:
-                if counts:
+                if counts and not self.message_began:
                     self._track_head(len(data))
             elif self._idle():
                 # Bytes that start no request (say a stray CRLF) made uvicorn drop its keep-alive timer: the
@@ -2519,7 +2578,11 @@ def _guarded_httptools(keep_alive: float) -> Any:
                 self._track_head_begins()
 
         def _queued(self) -> bool:
-            return bool(getattr(self, "pipeline", None))
+            if getattr(self, "pipeline", None):
+                return True
+            # A head being read behind a request that is still being answered (not in `pipeline` until whole).
+            cycle = getattr(self, "cycle", None)
+            return self.phase == HEAD_PHASE and cycle is not None and not getattr(cycle, "response_complete", True)
 
         def _idle(self) -> bool:
             cycle = getattr(self, "cycle", None)
@@ -2527,6 +2590,7 @@ def _guarded_httptools(keep_alive: float) -> Any:
 
         def on_message_begin(self) -> None:
             HttpToolsProtocol.on_message_begin(self)
+            self.message_began = True
             if self.phase != HEAD_PHASE:  # the next request on a keep-alive connection
                 self._track_head_begins()
 
@@ -2542,6 +2606,7 @@ def _guarded_httptools(keep_alive: float) -> Any:
 
         def on_response_complete(self) -> None:
             HttpToolsProtocol.on_response_complete(self)
+            self._after_response()
             if not self.closing and self.phase is None and self._idle():
                 self._track_idle()
 
@@ -2576,6 +2641,7 @@ def server_config_for(config: WebhookConfig, app: Any, http: str | None = None) 
     """uvicorn settings; with TLS, the certificate and key live in 0600 temp files only while the context loads.
     `http`: "h11" or "httptools" (default: the fastest this environment has; the image has only h11)."""
     protocol = guarded_http_protocol(http, config.keep_alive_seconds)
+    backstop_idle_seconds = config.keep_alive_seconds + KEEP_ALIVE_GRACE_SECONDS  # uvicorn's timer, behind ours
     if isinstance(protocol, str):
         logging.getLogger("uvicorn.error").warning(
             f"Generic Webhook: uvicorn {uvicorn.__version__} differs from the versions the connection guards were "
@@ -2593,7 +2659,7 @@ def server_config_for(config: WebhookConfig, app: Any, http: str | None = None) 
             ws="none",  # no WebSocket routes: an upgrade request is served as plain HTTP
             ssl_certfile=cert_path or None,
             ssl_keyfile=key_path or None,
-            timeout_keep_alive=config.keep_alive_seconds + KEEP_ALIVE_GRACE_SECONDS,
+            timeout_keep_alive=backstop_idle_seconds,
             # The caller's address is the integration's own business (client_address): uvicorn's X-Forwarded-For
             # rewriting would let a forged header stand in for a loopback peer.
             proxy_headers=False,

@@ -1917,7 +1917,8 @@ def test_the_listen_socket_is_made_for_tcp(monkeypatch):
     Given the listen socket the integration binds
     Then it is created with proto IPPROTO_TCP (asyncio checks it before it sets TCP_NODELAY on accepted sockets).
     """
-    monkeypatch.setenv(GenericWebhook.BIND_HOST_ENV, "127.0.0.1")
+    variable = GenericWebhook.BIND_HOST_ENV
+    monkeypatch.setenv(variable, "127.0.0.1")
     sock = GenericWebhook.bind_listen_socket(0)
     try:
         assert sock.proto == socket.IPPROTO_TCP
@@ -2178,3 +2179,102 @@ def test_the_answer_to_an_event_leaves_in_one_write(live_server, mocker):
         answer = read_response(client)
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert writes == [answer]
+
+
+def test_a_server_that_stops_does_not_wait_for_connections_that_sent_nothing(serve_live, monkeypatch):
+    """
+    Given linger limits of 30 s pause / 60 s in all, and a connection that sent nothing and one that sent half a head
+    When the server is told to stop
+    Then it stops within 10 s: connections with nothing answered are closed at once, not lingered on.
+    """
+    monkeypatch.setattr(GenericWebhook, "LINGER_IDLE_SECONDS", 30)
+    monkeypatch.setattr(GenericWebhook, "LINGER_TOTAL_SECONDS", 60)
+    live = serve_live()
+    port, _ = live
+    with socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port)) as half:
+        half.sendall(b"POST / HTTP/1.1\r\nHost: t\r\n")
+        deadline = time.monotonic() + 5
+        while len(live.server.server_state.connections) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        live.server.should_exit = True
+        deadline = time.monotonic() + 10
+        while live.server.started and time.monotonic() < deadline and live.server.server_state.connections:
+            time.sleep(0.05)
+        assert not live.server.server_state.connections
+
+
+def test_a_client_that_never_reads_its_answers_is_cut_off(serve_live, monkeypatch):
+    """
+    Given a write deadline of 1 s (checked every 0.1 s)
+    When a client with a tiny receive buffer pipelines requests for a while and never reads an answer
+    Then the server aborts the connection once its writes have been stuck for the deadline, instead of holding it.
+    """
+    monkeypatch.setattr(GenericWebhook, "WRITE_TIMEOUT_SECONDS", 1)
+    monkeypatch.setattr(GenericWebhook, "DEADLINE_CHECK_SECONDS", 0.1)
+    live = serve_live()
+    port, _ = live
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port))
+    client.settimeout(0.2)
+    request = b"GET /health HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"p" * 2000 + b"\r\n\r\n"
+    ended = False
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline and not ended:
+            try:
+                client.sendall(request * 8)
+            except (BrokenPipeError, ConnectionResetError):
+                ended = True
+            except TimeoutError:  # our own send buffer is full too: wait for the server to give up
+                time.sleep(0.1)
+            if not live.server.server_state.connections:
+                ended = True
+    finally:
+        client.close()
+    assert ended, "the connection was still held after 20 s"
+
+
+def test_a_pipelined_head_that_starts_in_the_same_read_is_not_counted_with_the_body_before_it(live_server, mocker):
+    """
+    Given the 64 KiB head limit
+    When a 100 KB event and the first bytes of a second request arrive in one write, and the rest of the second later
+    Then both are answered 200 (the first request's body is not the second's head).
+    """
+    port, _ = live_server
+    mocker.patch.object(demisto, "createIncidents", side_effect=lambda incidents, **kw: [{"id": "1"}])
+    event = json.dumps({"name": "big", "details": "d" * 100_000}).encode()
+    first = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(event)
+    second = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(first + event + second[:20])
+        assert read_response(client, timeout=10).startswith(b"HTTP/1.1 200 ")
+        client.sendall(second[20:])
+        assert read_response(client, timeout=10).startswith(b"HTTP/1.1 200 ")
+
+
+def test_an_endless_head_behind_a_request_being_answered_gets_its_431_after_that_answer(
+    short_deadlines, live_server, mocker, request
+):
+    """
+    Given a first request whose incident takes 1 s to create, and a head deadline of 1 s
+    When an endless head (over 64 KiB, never ended) is pipelined behind it
+    Then the first is answered 200 with its incident, and only then the connection ends: with a 431 (h11, which
+         counts the buffered head), or at the head deadline (httptools, when the head began in the same read as
+         the end of the request before it: those bytes are not counted)."""
+    port, _ = live_server
+
+    def create(incidents, *args, **kwargs):
+        time.sleep(1)
+        return [{"id": "slow"}]
+
+    mocker.patch.object(demisto, "createIncidents", side_effect=create)
+    first = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(first + b"POST / HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 70_000)
+        answer, _ = read_until_closed(client, limit=8)
+    statuses = re.findall(rb"HTTP/1.1 (\d{3})", answer)
+    kind = request.node.callspec.params["serve_live"]
+    expected = [[b"200", b"431"]] if kind == "h11" else [[b"200", b"431"], [b"200"]]
+    assert statuses in expected, answer[:400]
+    assert b'"id": "slow"' in answer
