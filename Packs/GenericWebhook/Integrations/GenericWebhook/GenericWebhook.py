@@ -2242,7 +2242,10 @@ class ConnectionGuard:
     - lingering close: when the connection closes while the client may still be sending a request (an answer
       given before the body was read: 413, 401, 503, 431, 408), the write side is shut down after the answer and
       what the client still sends is read and thrown away, up to LINGER_MAX_BYTES and LINGER_IDLE_SECONDS /
-      LINGER_TOTAL_SECONDS, so the client reads the answer instead of a connection reset.
+      LINGER_TOTAL_SECONDS, so the client reads the answer instead of a connection reset; no lingering once the
+      server is stopping;
+    - a client that takes none of its answers for WRITE_TIMEOUT_SECONDS, or leaves the last bytes of a closed
+      connection unread for CLOSE_TIMEOUT_SECONDS, is cut off (abort).
     While the server itself has stopped reading (the app has not taken the body yet), or an earlier request on the
     connection is still being answered (pipelining), no deadline runs out: the client cannot be late then, and
     closing would lose the earlier answer; a late pipelined request gets its 408 after that answer.
