@@ -36,7 +36,13 @@ $(IMAGE_VENV): $(IMAGE_VENV)/.installed
 run: $(VENV)/.installed
 	$(VENV)/bin/xsoar-local up
 
-test: lint validate pack pytest-image-pack pytest pytest-image-e2e
+# `make test` runs these steps one after another through scripts/run_steps.py: each step's full output goes to
+# build/logs/<step>.log, the terminal gets one line per step, the failing step's last lines and a summary. It stops
+# at the first failure (`make -k test` runs the remaining steps too). Run a step alone to see its output: `make lint`.
+TEST_STEPS := lint validate pack pytest-image-pack pytest pytest-image-e2e
+
+test:
+	@$(PYTHON) scripts/run_steps.py --make '$(MAKE)' $(if $(findstring k,$(firstword -$(MAKEFLAGS))),--keep-going) $(TEST_STEPS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 import yaml
 
+from xsoar_local.environments import INSTANCE_PYTHON_VAR
 from xsoar_local.packs import find_integration, load_pack
 from xsoar_local.params import resolve_params
-from xsoar_local.runner import INSTANCE_PYTHON_VAR, runner_command, runner_env
+from xsoar_local.runner import runner_command, runner_env
 from xsoar_local.store import Store, open_store
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,6 +27,10 @@ ECHO_PACK = DATA / "packs" / "EchoWebhook"
 GENERIC_WEBHOOK_PACK = REPO / "Packs" / "GenericWebhook"
 LOOPBACK = "127.0.0.1"
 
+# The image environments of every test platform: built once (by the first test that needs one), reused by the rest
+# and by later runs; `make clean` removes them with build/.
+TEST_ENVIRONMENTS = Path(os.environ.get("XSOAR_LOCAL_TEST_ENVIRONMENTS") or REPO / "build" / "test-environments")
+
 # Every process a test platform starts inherits this variable, so a test can find any process left behind.
 TAG_VARIABLE = "XSOAR_LOCAL_TEST_TAG"
 
@@ -64,6 +68,7 @@ def write_config(
 ) -> Path:
     """A config file for `instances`; every instance is external unless `config=` says otherwise."""
     server.setdefault("config", {"instance.execute.external": "true"})
+    server.setdefault("environments_dir", str(TEST_ENVIRONMENTS))
     config = {
         "server": {"host": LOOPBACK, "port": port or free_port(), "data_dir": "data", **server},
         "packs": [str(pack) for pack in (packs if packs is not None else [ECHO_PACK])],

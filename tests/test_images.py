@@ -17,6 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 INTEGRATION_YML = REPO / "Packs" / "GenericWebhook" / "Integrations" / "GenericWebhook" / "GenericWebhook.yml"
 IMAGE_VENV = REPO / ".venv-image"
 EXACT_PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*$")
+# The image demisto-sdk's integration template names (`script.dockerimage`), and the base of the fastapi image.
+SDK_TEMPLATE_IMAGE = "demisto/python3:3.12.13.10116658"
+# docker/python3/Pipfile's [packages] of demisto/dockerfiles (requests[socks] brings pysocks).
+PYTHON3_PIPFILE = {"requests", "pysocks", "olefile", "python-dateutil", "dateparser", "pyyaml", "funcy", "tldextract"}
+PYTHON3_PIPFILE |= {"more-itertools", "defusedxml", "deepmerge", "wheel"}
+PIN_FILE_PATHS = sorted(path for path in images.IMAGES_DIR.glob("*.txt") if path != images.TEST_TOOLS)
 
 
 def write_pins(directory: Path, name: str, image: str, tags: str, python: str = "3.12", pins: str = "a==1\n") -> Path:
@@ -40,6 +46,43 @@ def test_the_integrations_image_resolves_to_exactly_one_pin_file() -> None:
     assert resolved == claiming[0]
     assert resolved.pins_path.parent == images.IMAGES_DIR
     assert {"fastapi", "starlette", "uvicorn", "h11", "pydantic", "pyyaml"} <= resolved.pins.keys()
+
+
+def test_the_sdk_template_image_resolves_to_exactly_one_pin_file() -> None:
+    """
+    Given: demisto/python3 at the tag demisto-sdk's integration template names
+    When: resolving it, and the same image at a tag nobody pinned
+    Then: exactly one pin file claims the tag, with the image's Python 3.12 and every library of its Pipfile; the
+      unknown tag's error names the pinned one
+    """
+    repo, tag = images.split_reference(SDK_TEMPLATE_IMAGE)
+    claiming = [pins for pins in pin_files() if pins.image == repo and tag in pins.tags]
+
+    assert len(claiming) == 1, [pins.pins_path.name for pins in claiming]
+    resolved = resolve_image(SDK_TEMPLATE_IMAGE)
+    assert resolved == claiming[0]
+    assert resolved.pins_path.parent == images.IMAGES_DIR
+    assert resolved.python == "3.12"
+    assert resolved.pins.keys() >= PYTHON3_PIPFILE, sorted(PYTHON3_PIPFILE - resolved.pins.keys())
+    with pytest.raises(
+        ImageError, match=r"no pin file for demisto/python3:3\.12\.0 \(pinned tags: .*3\.12\.13\.10116658"
+    ):
+        resolve_image("demisto/python3:3.12.0")
+
+
+@pytest.mark.parametrize("path", PIN_FILE_PATHS, ids=lambda path: path.name)
+def test_every_pin_file_pins_pyyaml_and_setuptools_last(path: Path) -> None:
+    """
+    Given: one pin file of xsoar_local/images
+    When: reading its pins
+    Then: it has an `# image:` header, pins pyyaml (the platform's runner imports it in every image env) and pins
+      setuptools last (the images upgrade it after their requirements)
+    """
+    pins = images.parse_pin_file(path)
+
+    assert pins is not None, f"{path.name} has no `# image:` header"
+    assert "pyyaml" in pins.pins, f"{path.name} does not pin pyyaml"
+    assert images.normalize_name(pins.requirements[-1].split("==")[0]) == "setuptools", pins.requirements[-1]
 
 
 def test_every_pin_file_has_its_headers_and_only_exact_pins() -> None:
@@ -230,6 +273,6 @@ def test_the_image_venv_holds_exactly_the_pins_and_no_httptools_or_uvloop() -> N
     }
     assert not wrong, f"installed vs pinned: {wrong}"
     assert "httptools" not in installed and "uvloop" not in installed
-    version = images._interpreter_version(str(python))
+    version = images.interpreter_version(str(python))
     assert version is not None and version.startswith(f"{pins.python}."), version
     assert os.path.isfile(IMAGE_VENV / images.MARKER_NAME)

@@ -31,7 +31,8 @@ def test_status_says_when_the_platform_is_not_running(tmp_path: Path) -> None:
 
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0
-    assert "xsoar-local is not running at http://127.0.0.1:" in result.stderr
+    assert "xsoar-local is not running for" in result.stderr
+    assert "no platform holds its data dir" in result.stderr
     assert "xsoar-local up --config" in result.stderr
 
 

@@ -10,6 +10,10 @@ import pytest
 import yaml
 from helpers import ECHO_PACK, LOOPBACK, copy_pack, free_port, run_cli, write_config
 
+from xsoar_local import cli
+from xsoar_local.config import REPOSITORY_PACK, load_config, write_default_config
+from xsoar_local.instances import resolve_instances
+
 
 def refused(config: Path) -> str:
     """The one-line error `xsoar-local up` exits with, before starting anything."""
@@ -139,15 +143,47 @@ def test_a_gateway_port_taken_by_another_process_is_refused(tmp_path: Path) -> N
     assert "fix:" in message
 
 
-def test_a_default_config_is_created_on_first_run(tmp_path: Path) -> None:
-    """Given no config file, when a subcommand runs, then it writes the default serving Packs/GenericWebhook."""
-    result = run_cli("incidents", cwd=tmp_path)
+def test_a_default_config_is_created_by_up_with_an_absolute_pack_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given no config file, when `up` loads it (from a folder outside the repository), then it writes the default
+    serving this repository's Packs/GenericWebhook by an absolute path that exists, and the config loads."""
+    monkeypatch.chdir(tmp_path)
 
-    assert result.returncode == 0, result.stderr
-    assert "created xsoar-local.yaml" in result.stderr
-    config = yaml.safe_load((tmp_path / "xsoar-local.yaml").read_text())
-    assert config["packs"] == ["Packs/GenericWebhook"]
-    (instance,) = config["instances"]
+    config = cli._load(Path("xsoar-local.yaml"), create=True)
+
+    data = yaml.safe_load((tmp_path / "xsoar-local.yaml").read_text())
+    (pack,) = data["packs"]
+    assert Path(pack).is_absolute() and Path(pack) == REPOSITORY_PACK and Path(pack).is_dir()
+    assert config.packs == (REPOSITORY_PACK,)
+    (instance,) = data["instances"]
     assert instance["integration"] == "Generic Webhook"
     assert len(instance["params"]["credentials"]["password"]) >= 24
-    assert config["server"]["config"]["instance.execute.external.webhook"] == "true"
+    assert data["server"]["config"]["instance.execute.external.webhook"] == "true"
+    assert resolve_instances(config)[0].integration.id == "Generic Webhook"
+
+
+def test_without_the_pack_the_default_config_serves_nothing_and_says_why(tmp_path: Path) -> None:
+    missing = tmp_path / "elsewhere" / "GenericWebhook"
+
+    assert not write_default_config(tmp_path / "xsoar-local.yaml", pack=missing)
+
+    config = load_config(tmp_path / "xsoar-local.yaml")
+    assert (config.packs, config.instances) == ((), ())
+    assert f"{missing} does not exist" in (tmp_path / "xsoar-local.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "args", [["status"], ["status", "--json"], ["incidents"], ["samples", "webhook"], ["test", "webhook"]]
+)
+def test_read_only_commands_never_create_a_config(tmp_path: Path, args: list[str]) -> None:
+    """Given a mistyped config path, when a read-only command runs, then it fails naming the path and the fix,
+    and creates nothing."""
+    result = run_cli(*args, "--config", "xsoar-locl.yaml", cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "config file xsoar-locl.yaml does not exist" in result.stderr
+    assert "fix: pass --config with the path of yours" in result.stderr
+    assert "up --config xsoar-locl.yaml" in result.stderr
+    assert list(tmp_path.iterdir()) == []

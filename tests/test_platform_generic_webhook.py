@@ -10,7 +10,18 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from helpers import GENERIC_WEBHOOK_PACK, Platform, build_pack_zip, free_port, run_cli, start_platform, wait_until
+from helpers import (
+    GENERIC_WEBHOOK_PACK,
+    TEST_ENVIRONMENTS,
+    Platform,
+    build_pack_zip,
+    free_port,
+    run_cli,
+    start_platform,
+    wait_until,
+)
+
+from xsoar_local.config import write_default_config
 
 
 def default_config(folder: Path) -> Path:
@@ -18,10 +29,12 @@ def default_config(folder: Path) -> Path:
     shutil.copytree(
         GENERIC_WEBHOOK_PACK, folder / "Packs" / "GenericWebhook", ignore=shutil.ignore_patterns("__pycache__")
     )
-    created = run_cli("incidents", cwd=folder)
-    assert created.returncode == 0, created.stderr
     config = folder / "xsoar-local.yaml"
-    config.write_text(config.read_text().replace("port: 8080", f"port: {free_port()}"))
+    assert write_default_config(config, pack=folder / "Packs" / "GenericWebhook")
+    text = config.read_text().replace("port: 8080", f"port: {free_port()}")
+    # The image environment the other tests share (built once).
+    text = text.replace("  config:", f"  environments_dir: {TEST_ENVIRONMENTS}\n  config:", 1)
+    config.write_text(text)
     return config
 
 

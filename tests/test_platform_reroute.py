@@ -152,7 +152,7 @@ def test_an_instance_that_answers_before_reading_a_large_body_is_relayed(caller:
 def test_unknown_and_disabled_instances_are_404(caller: httpx.Client) -> None:
     unknown = caller.post("/instance/execute/nosuch", json={})
     assert unknown.status_code == 404
-    assert unknown.json()["error"] == "unknown instance"
+    assert unknown.json()["error"] == "unknown_instance"
     assert "nosuch" in unknown.json()["detail"]
 
     disabled = caller.post("/instance/execute/off", json={})
@@ -204,19 +204,19 @@ def test_incident_filters_and_errors(platform: Platform, caller: httpx.Client) -
 
     bad_since = platform.client.get("/incidents", params={"since": "yesterday"})
     assert bad_since.status_code == 400
-    assert bad_since.json()["error"] == "invalid request"
+    assert bad_since.json()["error"] == "invalid_request"
     bad_limit = platform.client.get("/incidents", params={"limit": 0})
     assert bad_limit.status_code == 400
     assert "limit" in bad_limit.json()["detail"]
     missing = platform.client.get("/incidents/999999")
     assert missing.status_code == 404
-    assert missing.json()["error"] == "unknown incident"
+    assert missing.json()["error"] == "unknown_incident"
     for incident_id in ("99999999999999999999", "1_0", f"0{first['id']}", f"+{first['id']}", "-1"):
         response = platform.client.get(f"/incidents/{incident_id}")
-        assert (response.status_code, response.json()["error"]) == (404, "unknown incident"), incident_id
+        assert (response.status_code, response.json()["error"]) == (404, "unknown_incident"), incident_id
     for since in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
         response = platform.client.get("/incidents", params={"since": since})
-        assert (response.status_code, response.json()["error"]) == (400, "invalid request"), since
+        assert (response.status_code, response.json()["error"]) == (400, "invalid_request"), since
         assert "since" in response.json()["detail"]
 
 
@@ -225,7 +225,7 @@ def test_an_upstream_timeout_is_504(caller: httpx.Client) -> None:
     response = caller.get("/instance/execute/echo/slow", params={"seconds": 3})
 
     assert response.status_code == 504
-    assert response.json()["error"] == "upstream timeout"
+    assert response.json()["error"] == "upstream_timeout"
 
 
 def test_the_page_escapes_what_senders_post(platform: Platform, caller: httpx.Client) -> None:
@@ -287,7 +287,7 @@ def test_an_unexpected_api_failure_is_a_500_without_the_exception_text(caplog: p
         response = client.get("/incidents")
 
     assert response.status_code == 500
-    assert response.json()["error"] == "internal error"
+    assert response.json()["error"] == "internal_error"
     assert "secret" not in response.text
     assert "RuntimeError" not in response.text
     assert "secret detail" in caplog.text

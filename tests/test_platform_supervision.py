@@ -26,7 +26,7 @@ def test_a_killed_instance_is_503_then_restarted_and_health_says_so(tmp_path: Pa
         refused = httpx.post(f"{platform.url}/instance/execute/echo", json={"name": "while down"})
         assert refused.status_code == 503
         assert int(refused.headers["Retry-After"]) >= 1
-        assert refused.json()["error"] == "instance unavailable"
+        assert refused.json()["error"] == "instance_unavailable"
 
         after = platform.wait_running("echo", restarts=1)
         assert after["pid"] != before["pid"]

@@ -22,6 +22,7 @@ from xsoar_local.gateway import error_response
 from xsoar_local.instances import Instance
 from xsoar_local.store import Store, normalize_since
 from xsoar_local.supervisor import Supervisor
+from xsoar_local.try_line import try_line, why_no_try_line
 
 log = logging.getLogger(__name__)
 
@@ -42,31 +43,57 @@ class ApiError(Exception):
 class PlatformView:
     """What the read API shows about the running platform, in the shape `/instances` returns."""
 
-    def __init__(self, instances: list[Instance], supervisor: Supervisor, store: Store, base_url: str) -> None:
+    def __init__(
+        self,
+        instances: list[Instance],
+        supervisor: Supervisor,
+        store: Store,
+        base_url: str,
+        config_path: Path | None = None,
+    ) -> None:
         self.instances = instances
         self.supervisor = supervisor
         self.store = store
         self.base_url = base_url
+        self.config_path = config_path
 
     def instance(self, instance: Instance, server: ServerConfig) -> dict[str, Any]:
         process = self.supervisor.get(instance.name)
         if process is not None:
             live = process.describe()
         else:
-            live = {"status": instance.unserved_reason, "pid": None, "restarts": 0, "last_exit": None}
+            live = {"status": instance.unserved_reason, "pid": None, "restarts": 0, "last_exit": None, "error": None}
+        environment = instance.environment
+        webhook_url = f"{self.base_url}{instance.webhook_path()}" if instance.supervised else None
         return {
             "name": instance.name,
             "integration": instance.integration.id,
             "pack": instance.integration.pack_id,
+            # The docker image the integration names, and what it runs on here (the image replicated, or not).
+            "image": instance.integration.docker_image,
+            "environment": environment.describe() if environment is not None else None,
             "enabled": instance.enabled,
             "long_running": instance.long_running,
             "external": server.is_external(instance.name),
             **live,
             "port": instance.listen_port,
             "module_health": self.store.get_module_health(instance.name),
-            "webhook_url": f"{self.base_url}{instance.webhook_path()}" if instance.supervised else None,
+            "webhook_url": webhook_url,
             "log_file": str(self.supervisor.log_path(instance.name)) if process is not None else None,
+            # A command that reaches the instance as it is configured, secrets as $VARIABLES; only while it serves.
+            "try": self._try(instance, server, webhook_url) if live["status"] == "running" and webhook_url else None,
         }
+
+    def _try(self, instance: Instance, server: ServerConfig, webhook_url: str) -> dict[str, Any]:
+        config_path = self.config_path or Path("xsoar-local.yaml")
+        line = try_line(instance, server, webhook_url, config_path)
+        if line is None:
+            return {
+                "command": None,
+                "variables": {},
+                "note": why_no_try_line(instance, server, webhook_url, config_path),
+            }
+        return {"command": line.command, "variables": dict(line.variables), "note": line.note or None}
 
 
 def create_api(view: PlatformView, server: ServerConfig) -> FastAPI:
@@ -92,21 +119,21 @@ def create_api(view: PlatformView, server: ServerConfig) -> FastAPI:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc'][1:])}: {error['msg']}" for error in exc.errors()
         )
-        return error_response(400, "invalid request", problems)
+        return error_response(400, "invalid_request", problems)
 
     @api.exception_handler(404)
     async def _no_route(request: Request, _: Exception) -> JSONResponse:
-        return error_response(404, "not found", f"no route for {request.url.path}")
+        return error_response(404, "not_found", f"no route for {request.url.path}")
 
     @api.exception_handler(405)
     async def _wrong_method(request: Request, _: Exception) -> JSONResponse:
-        return error_response(405, "method not allowed", f"{request.method} is not allowed on {request.url.path}")
+        return error_response(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
 
     @api.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The exception's text can hold anything (paths, stored data): it goes to the platform log only.
         log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return error_response(500, "internal error", "the request failed; see the platform log")
+        return error_response(500, "internal_error", "the request failed; see the platform log")
 
     @api.get("/health")
     def health() -> dict[str, Any]:
@@ -131,7 +158,7 @@ def create_api(view: PlatformView, server: ServerConfig) -> FastAPI:
     def incident(incident_id: str) -> dict[str, Any]:
         found = view.store.get_incident(incident_id)
         if found is None:
-            raise ApiError(404, "unknown incident", f"no incident with id {incident_id!r}")
+            raise ApiError(404, "unknown_incident", f"no incident with id {incident_id!r}")
         return found
 
     @api.get("/", response_class=HTMLResponse, dependencies=authorized)
@@ -156,7 +183,7 @@ def _checked_since(since: str | None) -> str | None:
     except ValueError:
         raise ApiError(
             400,
-            "invalid request",
+            "invalid_request",
             f"since: {since!r} is not an ISO-8601 time in range (fix: e.g. 2024-05-01T12:00:00Z)",
         ) from None
     return since

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -36,6 +37,7 @@ def create_app(
     store: Store,
     upstream: UpstreamPool,
     base_url: str,
+    config_path: Path | None = None,
 ) -> PlatformApp:
-    api = create_api(PlatformView(instances, supervisor, store, base_url), server)
+    api = create_api(PlatformView(instances, supervisor, store, base_url, config_path), server)
     return PlatformApp(Reroute(instances, supervisor, server, upstream), api)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +18,22 @@ import httpx
 
 from xsoar_local import __version__
 from xsoar_local.commands import fetch_samples, run_test_module
-from xsoar_local.config import DEFAULT_CONFIG_FILE, PlatformConfig, add_pack, load_config, write_default_config
+from xsoar_local.config import (
+    DEFAULT_CONFIG_FILE,
+    REPOSITORY_PACK,
+    PlatformConfig,
+    add_pack,
+    load_config,
+    write_default_config,
+)
+from xsoar_local.environments import prepare_environments
 from xsoar_local.errors import XsoarLocalError
 from xsoar_local.install import install_pack
 from xsoar_local.instances import Instance, check_listen_ports, resolve_instance, resolve_instances
+from xsoar_local.lock import DataDirLock, read_holder
 from xsoar_local.store import open_store
-from xsoar_local.supervisor import Supervisor
+from xsoar_local.supervisor import InstanceState, Supervisor
+from xsoar_local.try_line import try_line, why_no_try_line
 
 DEBUG_VARIABLE = "XSOAR_LOCAL_DEBUG"
 
@@ -51,7 +63,7 @@ def _config_option(command: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(dir_okay=False, path_type=Path),
         default=DEFAULT_CONFIG_FILE,
         show_default=True,
-        help="The platform's config file; created with a default (serving Packs/GenericWebhook) when missing.",
+        help="The platform's config file (`up` creates a default serving Packs/GenericWebhook when it is missing).",
     )(command)
 
 
@@ -68,43 +80,63 @@ def up(config_path: Path) -> None:
     # Imported here: the web stack takes longer to import than the other subcommands take to run.
     from xsoar_local.server import base_url, bind_gateway, is_loopback, run, serve
 
-    config = _load(config_path)
-    instances = resolve_instances(config)
-    check_listen_ports(config, instances)
-    sock = bind_gateway(config.server)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("xsoar_local").setLevel(logging.INFO)
-    if not is_loopback(config.server.host) and not config.server.api_key:
-        logging.getLogger("xsoar_local").warning(
-            "server.host %s is reachable from other machines and no server.api_key is set:"
-            " anyone who can reach it can read the incidents",
-            config.server.host,
-        )
-    url = base_url(config.server, sock)
+    config = _load(config_path, create=True)
+    with DataDirLock(config.server.lock_path) as lock:
+        lock.acquire(config=str(config.path.resolve()))
+        instances = resolve_instances(config)
+        check_listen_ports(config, instances)
+        sock = bind_gateway(config.server)
+        url = base_url(config.server, sock)
+        lock.update(url=url)
+        # Each image's environment is built here on first use (its progress on stdout), before anything starts.
+        ready = iter(prepare_environments([item for item in instances if item.supervised], config.server, warn=_warn))
+        instances = [next(ready) if item.supervised else item for item in instances]
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("xsoar_local").setLevel(logging.INFO)
+        if not is_loopback(config.server.host) and not config.server.api_key:
+            logging.getLogger("xsoar_local").warning(
+                "server.host %s is reachable from other machines and no server.api_key is set:"
+                " anyone who can reach it can read the incidents",
+                config.server.host,
+            )
 
-    def started(supervisor: Supervisor) -> None:
-        click.echo(f"xsoar-local {__version__}: gateway on {url} (store {config.server.store_path})")
-        for instance in instances:
-            click.echo(_instance_banner(instance, config, url, supervisor))
-        click.echo(f"page: {url}/   incidents: xsoar-local incidents --config {shlex.quote(str(config.path))}")
-        click.echo("Ctrl-C stops everything.")
+        def started(supervisor: Supervisor) -> None:
+            click.echo(f"xsoar-local {__version__}: gateway on {url} (store {config.server.store_path})")
+            for instance in instances:
+                click.echo(_instance_banner(instance, config, url, supervisor))
+            incidents = f"{command_name()} incidents --config {_quoted(config)}"
+            click.echo(
+                f"page: {url}/   status: {command_name()} status --config {_quoted(config)}   incidents: {incidents}"
+            )
+            click.echo("Ctrl-C stops everything.")
 
-    run(serve(config, instances, sock, on_started=started))
+        run(serve(config, instances, sock, on_started=started))
+
+
+def _warn(message: str) -> None:
+    click.echo(message, err=True)
 
 
 @cli.command()
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="Print GET /instances as JSON.")
 def status(config_path: Path, as_json: bool) -> None:
-    """Show each instance's status, listen port, restarts and module health, from the running platform."""
+    """Show each instance's status, environment, listen port, restarts and module health, from the running platform."""
     config = _load(config_path)
-    url = config.server.base_url()
+    holder = read_holder(config.server.lock_path)
+    if holder is None:
+        raise XsoarLocalError(
+            f"xsoar-local is not running for {config.path} (no platform holds its data dir {config.server.data_dir};"
+            f" fix: start it with {command_name()} up --config {_quoted(config)})"
+        )
+    # The platform that holds the data dir, wherever its gateway is (the config may say port 0, or have changed).
+    url = str(holder.get("url") or config.server.base_url())
     headers = {"X-API-Key": config.server.api_key} if config.server.api_key else {}
     try:
         response = httpx.get(f"{url}/instances", headers=headers, timeout=5.0, trust_env=False)
     except httpx.HTTPError:
         raise XsoarLocalError(
-            f"xsoar-local is not running at {url} (fix: start it with xsoar-local up --config {config.path})"
+            f"the xsoar-local holding {config.server.data_dir} (pid {holder.get('pid')}) does not answer at {url}"
         ) from None
     if response.status_code != 200:
         raise XsoarLocalError(f"{url}/instances answered {response.status_code}: {response.text}")
@@ -118,12 +150,23 @@ def status(config_path: Path, as_json: bool) -> None:
             item["status"],
             str(item["port"] or ""),
             str(item["restarts"]),
-            (item["module_health"] or {}).get("message", ""),
+            _environment_cell(item.get("image"), item.get("environment")),
+            item.get("error") or (item["module_health"] or {}).get("message", ""),
             item["webhook_url"] or "",
         ]
         for item in instances
     ]
-    click.echo(_table(["INSTANCE", "STATUS", "PORT", "RESTARTS", "MODULE HEALTH", "WEBHOOK URL"], rows))
+    headers_row = ["INSTANCE", "STATUS", "PORT", "RESTARTS", "ENVIRONMENT", "ERROR / MODULE HEALTH", "WEBHOOK URL"]
+    click.echo(_table(headers_row, rows))
+
+
+def _environment_cell(image: str | None, environment: dict[str, Any] | None) -> str:
+    if not environment:
+        return ""
+    python = f"Python {environment.get('python_version')}"
+    if environment.get("kind") == "image":
+        return f"{image} ({python})"
+    return f"platform's own ({python})"
 
 
 @cli.command()
@@ -135,11 +178,24 @@ def incidents(config_path: Path, instance: str | None, limit: int, as_json: bool
     """List the newest incidents in the store (the platform does not need to be running)."""
     config = _load(config_path)
     found: list[dict[str, Any]] = []
-    if config.server.store_path.exists():
-        store = open_store(config.server.store_path)
-        try:
+    configured = {item.name for item in config.instances}
+    store = open_store(config.server.store_path) if config.server.store_path.exists() else None
+    try:
+        # An instance no longer in the config still has its incidents listed; a name known to neither is a typo.
+        if (
+            instance is not None
+            and instance not in configured
+            and (store is None or not store.count_incidents(instance))
+        ):
+            names = ", ".join(sorted(configured)) or "none"
+            raise XsoarLocalError(
+                f"no instance named {instance!r} in {config.path}, and no incidents of one in the store"
+                f" (instances: {names})"
+            )
+        if store is not None:
             found = store.list_incidents(instance=instance, limit=limit)
-        finally:
+    finally:
+        if store is not None:
             store.close()
     if as_json:
         click.echo(json.dumps(found, indent=2))
@@ -161,7 +217,7 @@ def incidents(config_path: Path, instance: str | None, limit: int, as_json: bool
 def samples(config_path: Path, instance: str, timeout: float) -> None:
     """Run fetch-incidents for INSTANCE, as the mapping wizard does, and print the sample incidents as JSON."""
     config = _load(config_path)
-    found = fetch_samples(resolve_instance(config, instance), store_path=config.server.store_path, timeout=timeout)
+    found = fetch_samples(_prepared(config, instance), store_path=config.server.store_path, timeout=timeout)
     click.echo(json.dumps(found, indent=2))
 
 
@@ -172,7 +228,7 @@ def samples(config_path: Path, instance: str, timeout: float) -> None:
 def test(config_path: Path, instance: str, timeout: float) -> None:
     """Run test-module for INSTANCE (the Test button) and print ok, or the problem it reports."""
     config = _load(config_path)
-    failure = run_test_module(resolve_instance(config, instance), store_path=config.server.store_path, timeout=timeout)
+    failure = run_test_module(_prepared(config, instance), store_path=config.server.store_path, timeout=timeout)
     if failure is not None:
         raise XsoarLocalError(f"instance {instance!r}: test-module failed: {failure}")
     click.echo("ok")
@@ -209,13 +265,39 @@ def main() -> None:
     sys.exit(status if isinstance(status, int) else 0)
 
 
-def _load(config_path: Path) -> PlatformConfig:
+def _load(config_path: Path, *, create: bool = False) -> PlatformConfig:
+    """The config at `config_path`; only `up` (`create`) writes the default when the file is missing."""
     if not config_path.exists():
-        write_default_config(config_path)
-        click.echo(
-            f"created {config_path}: a default config serving Packs/GenericWebhook as instance 'webhook'", err=True
-        )
+        if not create:
+            raise XsoarLocalError(
+                f"config file {config_path} does not exist (fix: pass --config with the path of yours, or run"
+                f" `{command_name()} up --config {shlex.quote(str(config_path))}` once to create a default)"
+            )
+        if write_default_config(config_path):
+            what = f"a default config serving {REPOSITORY_PACK} as instance 'webhook'"
+        else:
+            what = f"a config without packs ({REPOSITORY_PACK} does not exist; add one with `install`)"
+        click.echo(f"created {config_path}: {what}", err=True)
     return load_config(config_path)
+
+
+def _prepared(config: PlatformConfig, name: str) -> Instance:
+    """One instance with its environment, for a command run on demand (built on first use, progress on stderr)."""
+    instance = resolve_instance(config, name)
+    return prepare_environments([instance], config.server, progress=_warn, warn=_warn, announce_reuse=False)[0]
+
+
+def command_name() -> str:
+    """How to run this command again from here: `xsoar-local` when that is what PATH finds, else its path."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    on_path = shutil.which("xsoar-local")
+    if script is None or script.name != "xsoar-local" or not script.exists():
+        return f"{shlex.quote(sys.executable)} -m xsoar_local"
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "xsoar-local"
+    with contextlib.suppress(ValueError):
+        return shlex.quote(str(script.resolve().relative_to(Path.cwd().resolve())))
+    return shlex.quote(str(script.resolve()))
 
 
 def _config_relative(config: PlatformConfig, path: Path) -> str:
@@ -225,31 +307,38 @@ def _config_relative(config: PlatformConfig, path: Path) -> str:
 
 
 def _instance_banner(instance: Instance, config: PlatformConfig, url: str, supervisor: Supervisor) -> str:
+    head = f"  instance {instance.name} ({instance.integration.id})"
     if not instance.supervised:
-        return f"  instance {instance.name} ({instance.integration.id}): {instance.unserved_reason}"
-    webhook = f"{url}{instance.webhook_path()}"
+        return f"{head}: {instance.unserved_reason}"
+    process = supervisor.get(instance.name)
+    state = process.state if process is not None else InstanceState.STOPPED
     lines = [
-        f"  instance {instance.name} ({instance.integration.id}): listen port {instance.listen_port},"
-        f" log {supervisor.log_path(instance.name)}",
-        f"    webhook URL: {webhook}",
-        f"    try: {_curl_line(instance, config, webhook)}",
+        f"{head}: {state.value}, listen port {instance.listen_port}, log {supervisor.log_path(instance.name)}",
+        f"    environment: {instance.environment.label if instance.environment else PLATFORM_OWN}",
     ]
+    if state != InstanceState.RUNNING:
+        lines.append(f"    {process.reason() if process is not None else state.value}")
+        lines.append(f"    fix the cause, then restart; status: {command_name()} status --config {_quoted(config)}")
+        return "\n".join(lines)
+    webhook = f"{url}{instance.webhook_path()}"
+    lines.append(f"    webhook URL: {webhook}")
+    line = try_line(instance, config.server, webhook, config.path.resolve())
+    if line is not None:
+        lines.append(f"    try: {line.command}")
+        lines += [f"      ${name}: {where}" for name, where in line.variables]
+        if line.note:
+            lines.append(f"      {line.note}")
+    else:
+        why = why_no_try_line(instance, config.server, webhook, config.path.resolve())
+        lines.append(f"    no try line: {why}")
     return "\n".join(lines)
 
 
-def _curl_line(instance: Instance, config: PlatformConfig, webhook: str) -> str:
-    parts = ["curl", "-X", "POST", webhook, "-H", "Content-Type: application/json"]
-    credentials = instance.params.get("credentials")
-    if isinstance(credentials, dict) and credentials.get("identifier"):
-        identifier, password = credentials["identifier"], credentials.get("password", "")
-        if identifier.startswith("_header:"):
-            parts += ["-H", f"{identifier.removeprefix('_header:')}: {password}"]
-        else:
-            parts += ["-u", f"{identifier}:{password}"]
-    if not config.server.is_external(instance.name) and config.server.api_key:
-        parts += ["-H", f"X-API-Key: {config.server.api_key}"]
-    parts += ["-d", json.dumps({"name": "Hello from curl", "severity": 1})]
-    return shlex.join(parts)
+PLATFORM_OWN = "the platform's own"
+
+
+def _quoted(config: PlatformConfig) -> str:
+    return shlex.quote(str(config.path))
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

@@ -73,7 +73,7 @@ def run_command(
             fetch_samples=fetch_samples,
         )
         process = subprocess.Popen(
-            runner_command(instance.pack.path, instance.integration.id),
+            runner_command(instance.pack.path, instance.integration.id, instance.python),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -22,19 +22,24 @@ from xsoar_local.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "xsoar-local.yaml"
 
-# What a first run writes: serve the Generic Webhook pack of this repository as instance `webhook`.
+# The Generic Webhook pack of this repository (a checkout, or an editable install of it).
+REPOSITORY_PACK = Path(__file__).resolve().parent.parent / "Packs" / "GenericWebhook"
+
+# What a first `xsoar-local up` writes: serve the Generic Webhook pack of this repository as instance `webhook`.
 DEFAULT_CONFIG = """\
-# xsoar-local configuration, created on first run. Edit freely; `xsoar-local up` checks it before starting.
+# xsoar-local configuration, created by the first `xsoar-local up`. Edit freely; `up` checks it before starting.
 server:
   host: 127.0.0.1
   port: 8080
-  data_dir: .xsoar-local            # SQLite store, instance logs and installed packs
+  data_dir: .xsoar-local            # SQLite store, instance logs, installed packs, image environments
   # api_key: <secret>               # needed for /instance/execute/<name> of a non-external instance, and then
   #                                 # also for the read API and the page (header `Authorization` or `X-API-Key`)
+  # unknown_image: warn             # an integration whose docker image has no pin file: warn (run it on the
+  #                                 # platform's own Python) or error (refuse to start it)
   config:                           # server configuration keys, as in the real server
     instance.execute.external.webhook: "true"
 packs:
-  - Packs/GenericWebhook
+  - {pack}
 instances:
   - name: webhook
     integration: Generic Webhook
@@ -48,8 +53,32 @@ instances:
         password: "{password}"
 """
 
+# The same without a pack, where this installation has no Packs/GenericWebhook beside it.
+EMPTY_CONFIG = """\
+# xsoar-local configuration, created by the first `xsoar-local up`. Edit freely; `up` checks it before starting.
+# No pack was found to serve ({pack} does not exist): install one with
+#   xsoar-local install <pack folder or zip> --config <this file>
+# and add an instance of its integration under `instances`.
+server:
+  host: 127.0.0.1
+  port: 8080
+  data_dir: .xsoar-local            # SQLite store, instance logs, installed packs, image environments
+packs: []
+instances: []
+"""
+
 _TOP_LEVEL_KEYS = ("server", "packs", "instances")
-_SERVER_KEYS = ("host", "port", "data_dir", "api_key", "config", "upstream_timeout")
+_SERVER_KEYS = (
+    "host",
+    "port",
+    "data_dir",
+    "api_key",
+    "config",
+    "upstream_timeout",
+    "environments_dir",
+    "unknown_image",
+)
+UNKNOWN_IMAGE_CHOICES = ("warn", "error")
 _INSTANCE_KEYS = ("name", "integration", "enabled", "params")
 
 
@@ -63,6 +92,19 @@ class ServerConfig:
     config: dict[str, str] = field(default_factory=dict)
     # Seconds to wait for an instance to start answering a rerouted request before giving up with 504.
     upstream_timeout: float = 60.0
+    # Where the virtualenvs replicating the integrations' docker images are kept (None: <data_dir>/environments).
+    environments_dir_setting: Path | None = None
+    # What to do with an instance whose integration's docker image has no pin file: warn and run it on the
+    # platform's own interpreter, or refuse to start it.
+    unknown_image: str = "warn"
+
+    @property
+    def environments_dir(self) -> Path:
+        return self.environments_dir_setting or self.data_dir / "environments"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / "xsoar-local.lock"
 
     @property
     def store_path(self) -> Path:
@@ -119,9 +161,14 @@ class PlatformConfig:
         return found
 
 
-def write_default_config(path: Path) -> None:
+def write_default_config(path: Path, pack: Path = REPOSITORY_PACK) -> bool:
+    """Write the default config at `path`, naming `pack` by its absolute path; without that pack, a config with no
+    pack and no instance. Returns whether the pack was found."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(DEFAULT_CONFIG.format(password=secrets.token_urlsafe(24)), encoding="utf-8")
+    template = DEFAULT_CONFIG if pack.is_dir() else EMPTY_CONFIG
+    text = template.format(pack=_yaml_scalar(str(pack.resolve())), password=secrets.token_urlsafe(24))
+    path.write_text(text, encoding="utf-8")
+    return pack.is_dir()
 
 
 def load_config(path: str | Path) -> PlatformConfig:
@@ -205,7 +252,27 @@ def _server_config(problems: list[str], data: Any, base: Path) -> ServerConfig:
         api_key=None if api_key is None else str(api_key),
         config={str(key): _config_value(value) for key, value in server_keys.items()},
         upstream_timeout=float(timeout),
+        environments_dir_setting=_environments_dir(problems, data.get("environments_dir"), base),
+        unknown_image=_unknown_image(problems, data.get("unknown_image", defaults.unknown_image)),
     )
+
+
+def _environments_dir(problems: list[str], value: Any, base: Path) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        problems.append(
+            f"server.environments_dir must be a folder path, got {value!r} (fix: remove it for the default)"
+        )
+        return None
+    return base / Path(value).expanduser()
+
+
+def _unknown_image(problems: list[str], value: Any) -> str:
+    if value not in UNKNOWN_IMAGE_CHOICES:
+        problems.append(f"server.unknown_image must be warn or error, got {value!r}")
+        return "warn"
+    return str(value)
 
 
 def _config_value(value: Any) -> str:

@@ -76,7 +76,7 @@ class Reroute:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         match = REROUTE_PATH.match(raw_path.decode("latin-1"))
         if match is None:
-            await error_response(404, "not found", f"no route for {scope['path']}")(scope, receive, send)
+            await error_response(404, "not_found", f"no route for {scope['path']}")(scope, receive, send)
             return
         name = unquote(match["name"])
         refusal, api_key_name = self._admit(name, scope["headers"])
@@ -93,10 +93,10 @@ class Reroute:
         instance = self._instances.get(name)
         if instance is None:
             known = ", ".join(sorted(self._instances)) or "none"
-            return error_response(404, "unknown instance", f"no instance named {name!r} (instances: {known})"), None
+            return error_response(404, "unknown_instance", f"no instance named {name!r} (instances: {known})"), None
         if not instance.supervised:
             detail = f"instance {name!r} is {instance.unserved_reason}"
-            return error_response(404, "instance not served", detail), None
+            return error_response(404, "instance_not_served", detail), None
         api_key_name = None
         if not self._external[name]:
             text_headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in headers}
@@ -106,8 +106,9 @@ class Reroute:
             api_key_name = found.encode("latin-1")
         process = self._supervisor.get(name)
         if process is None or process.state != InstanceState.RUNNING:
-            state = process.state.value if process is not None else "stopped"
-            return _unavailable(f"instance {name!r} is {state}", process), None
+            # Never forwarded: a port the instance does not hold may be another process's.
+            reason = process.reason() if process is not None else f"instance {name!r} is stopped"
+            return _unavailable(reason, process), None
         return None, api_key_name
 
     def _unauthorized_detail(self, name: str) -> str:
@@ -127,7 +128,7 @@ class Reroute:
     ) -> None:
         headers, content_length, streamed = _forwarded_headers(scope, drop=api_key_name)
         if content_length == -1:
-            await error_response(400, "invalid request", "Content-Length is not a number")(scope, receive, send)
+            await error_response(400, "invalid_request", "Content-Length is not a number")(scope, receive, send)
             return
         has_body = streamed or bool(content_length)
         assert instance.listen_port is not None
@@ -157,7 +158,7 @@ class Reroute:
         process = self._supervisor.get(instance.name)
         if isinstance(exc, UpstreamTimeout):
             detail = f"instance {instance.name!r} did not answer within {self._server.upstream_timeout:g}s"
-            return error_response(504, "upstream timeout", detail)
+            return error_response(504, "upstream_timeout", detail)
         if isinstance(exc, UpstreamConnectError):
             detail = f"instance {instance.name!r} does not accept connections on port {instance.listen_port}: {exc}"
             return _unavailable(detail, process)
@@ -166,12 +167,12 @@ class Reroute:
             # Most likely the process died under the request; the supervisor restarts it.
             return _unavailable(detail, process)
         log.warning("reroute to instance %r failed: %s", instance.name, exc)
-        return error_response(502, "bad upstream response", detail)
+        return error_response(502, "bad_upstream_response", detail)
 
 
 def _unavailable(detail: str, process: InstanceProcess | None) -> JSONResponse:
     retry_after = process.retry_after() if process is not None else 1
-    return error_response(503, "instance unavailable", detail, headers={"Retry-After": str(retry_after)})
+    return error_response(503, "instance_unavailable", detail, headers={"Retry-After": str(retry_after)})
 
 
 class _ClientGone(Exception):

@@ -130,13 +130,14 @@ def parse_pin_file(path: Path) -> ImagePins | None:
     return ImagePins(headers["image"], tags, headers["python"], path, tuple(requirements))
 
 
-def pin_files(images_dir: Path = IMAGES_DIR) -> list[ImagePins]:
-    """Every pin file of `images_dir` (files without an `# image:` header are skipped)."""
+def pin_files(images_dir: Path | None = None) -> list[ImagePins]:
+    """Every pin file of `images_dir` (default IMAGES_DIR; files without an `# image:` header are skipped)."""
+    images_dir = images_dir or IMAGES_DIR
     found = (parse_pin_file(path) for path in sorted(images_dir.glob("*.txt")))
     return [pins for pins in found if pins is not None]
 
 
-def resolve_image(ref: str, images_dir: Path = IMAGES_DIR) -> ImagePins:
+def resolve_image(ref: str, images_dir: Path | None = None) -> ImagePins:
     """The one pin file whose `# image:` is the reference's repository and whose `# tags:` holds its tag."""
     repo, tag = split_reference(ref)
     files = pin_files(images_dir)
@@ -151,10 +152,12 @@ def resolve_image(ref: str, images_dir: Path = IMAGES_DIR) -> ImagePins:
         known = ", ".join(dict.fromkeys(tag for pins in of_repo for tag in pins.tags))
         raise ImageError(
             f"no pin file for {repo}:{tag} (pinned tags: {known}): add the tag to the `# tags:` line of the file "
-            f"in {_shown(images_dir)} whose pins it has, or add a file with its pins"
+            f"in {_shown(images_dir or IMAGES_DIR)} whose pins it has, or add a file with its pins"
         )
     known = ", ".join(sorted({pins.image for pins in files})) or "none"
-    raise ImageError(f"no pin file for image {repo} (pinned images: {known}): add one to {_shown(images_dir)}")
+    raise ImageError(
+        f"no pin file for image {repo} (pinned images: {known}): add one to {_shown(images_dir or IMAGES_DIR)}"
+    )
 
 
 def integration_image(integration_yml: Path) -> str:
@@ -181,7 +184,7 @@ def find_python(version: str, *, needed_by: str | None = None) -> Interpreter:
     installed = [path for path in (pyenv_root / "versions").glob(f"{version}.*/bin/python") if path.is_file()]
     candidates += [str(path) for path in sorted(installed, key=lambda path: _version_key(path.parts[-3]), reverse=True)]
     for candidate in candidates:
-        found = _interpreter_version(candidate)
+        found = interpreter_version(candidate)
         if found is not None and (found == version or found.startswith(f"{version}.")):
             return Interpreter(candidate, found)
     needed = f" (needed by {needed_by})" if needed_by else ""
@@ -195,7 +198,7 @@ def _version_key(text: str) -> tuple[int, ...]:
     return tuple(int(part) if part.isdigit() else -1 for part in re.split(r"[.]", text))
 
 
-def _interpreter_version(executable: str) -> str | None:
+def interpreter_version(executable: str) -> str | None:
     try:
         result = subprocess.run(
             [executable, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
@@ -235,7 +238,7 @@ def is_current(venv_dir: Path, marker: dict[str, str | None]) -> bool:
         return False
     if not isinstance(recorded, dict) or not _same_build(recorded, marker):
         return False
-    return _interpreter_version(str(venv_python(venv_dir))) is not None
+    return interpreter_version(str(venv_python(venv_dir))) is not None
 
 
 def build_env(
@@ -246,6 +249,7 @@ def build_env(
     image: str | None = None,
     progress: Progress = say,
     python: Interpreter | None = None,
+    announce_reuse: bool = True,
 ) -> Path:
     """A virtualenv in `venv_dir` with exactly `pins` (plus the test tools, constrained by the pins); reused when
     its marker shows it was built from the same pin file content. Returns the venv's python."""
@@ -255,7 +259,8 @@ def build_env(
     if is_current(venv_dir, marker):
         recorded = json.loads(marker_path.read_text(encoding="utf-8"))
         _write_marker(marker_path, {**recorded, "image": ref})  # also tells `make` it is up to date
-        progress(f"{venv_dir} is up to date for {ref} ({pins.pins_path.name})")
+        if announce_reuse:
+            progress(f"{venv_dir} is up to date for {ref} ({pins.pins_path.name})")
         return venv_python(venv_dir)
     interpreter = python or find_python(pins.python, needed_by=ref)
     progress(f"building {venv_dir} for {ref} on Python {interpreter.version} ({interpreter.path}) ...")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from xsoar_local.config import InstanceConfig, PlatformConfig
@@ -11,6 +11,9 @@ from xsoar_local.errors import ConfigError, PackError
 from xsoar_local.packs import Integration, Pack, find_integration, load_pack
 from xsoar_local.params import LISTEN_PORT_PARAM, resolve_params
 from xsoar_local.ports import free_port, port_in_use
+
+if TYPE_CHECKING:
+    from xsoar_local.environments import Environment
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,13 @@ class Instance:
     pack: Pack
     params: dict[str, Any]
     enabled: bool
+    # Where its processes run (`xsoar_local.environments.prepare_environments`); None: not prepared yet, so the
+    # platform's own interpreter.
+    environment: Environment | None = None
+
+    @property
+    def python(self) -> str | None:
+        return self.environment.python if self.environment is not None else None
 
     @property
     def long_running(self) -> bool:

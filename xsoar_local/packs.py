@@ -55,6 +55,8 @@ class Integration:
     script: str
     script_path: str
     pack_id: str
+    # `script.dockerimage` (`repo:tag`): the image the platform runs the integration in; None if the YAML names none.
+    docker_image: str | None = None
 
     def param(self, name: str) -> ParamSpec | None:
         return next((spec for spec in self.params if spec.name == name), None)
@@ -184,6 +186,7 @@ def _read_integration(files: _PackFiles, name: str, data: dict[str, Any], pack_i
         script=script,
         script_path=script_path,
         pack_id=pack_id,
+        docker_image=_docker_image(script_section.get("dockerimage")),
     )
 
 
@@ -217,6 +220,10 @@ def _param_spec(where: str, item: Any) -> ParamSpec:
         hidden=_flag(item.get("hidden")),
         options=tuple(str(option) for option in item.get("options") or []),
     )
+
+
+def _docker_image(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 def _flag(value: Any) -> bool:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from dataclasses import dataclass
+from pathlib import Path
 
 # Instances started by the platform listen on loopback only: callers reach them through the gateway.
 INSTANCE_HOST = "127.0.0.1"
@@ -40,3 +43,103 @@ def free_port(exclude: set[int] | frozenset[int] = frozenset(), host: str = INST
         if port not in exclude:
             return port
     raise OSError("no free port found")
+
+
+# Linux's tables of TCP sockets: `local_address` is `<hex address>:<hex port>`, state 0A is LISTEN.
+_PROC_NET_TCP = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+_LISTEN = "0A"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Who listens on a port: whether the process group the platform started holds the socket, and if another
+    process does, its pid and name where this user may see them."""
+
+    listening: bool
+    ours: bool
+    other_pid: int | None = None
+    other_name: str | None = None
+
+    def holder(self) -> str:
+        """`another process (pid 123, python3)`, for messages."""
+        if self.other_pid is None:
+            return "another process"
+        return f"another process (pid {self.other_pid}{', ' + self.other_name if self.other_name else ''})"
+
+
+def can_see_sockets() -> bool:
+    """Whether socket ownership can be read here (Linux /proc); elsewhere a listener is taken to be ours."""
+    return _PROC_NET_TCP[0].exists()
+
+
+def listener(port: int, pgid: int) -> Listener:
+    """Who listens on `port`: a process of the process group `pgid` (the instance's: it runs in a session of its
+    own), or another. Without /proc, a port that accepts a connection counts as the group's."""
+    if not can_see_sockets():
+        return Listener(listening=port_in_use(port), ours=port_in_use(port))
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return Listener(listening=False, ours=False)
+    # The group leader is the instance itself: checked first, the rest of its group only when it does not hold it.
+    if _holds(pgid, inodes) or any(_holds(pid, inodes) for pid in _group_members(pgid)):
+        return Listener(listening=True, ours=True)
+    other = next((pid for pid in _all_pids() if _holds(pid, inodes)), None)
+    return Listener(listening=True, ours=False, other_pid=other, other_name=_process_name(other) if other else None)
+
+
+def _listening_inodes(port: int) -> set[str]:
+    wanted = f"{port:04X}"
+    inodes: set[str] = set()
+    for table in _PROC_NET_TCP:
+        try:
+            lines = table.read_text(encoding="ascii").splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == _LISTEN and fields[1].rsplit(":", 1)[-1] == wanted:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The processes of group `pgid` other than its leader."""
+    others = []
+    for pid in _all_pids():
+        if pid == pgid:
+            continue
+        try:
+            # Field 5 of /proc/<pid>/stat is the process group; the name (field 2) may hold spaces, so split after it.
+            stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[2] == str(pgid):
+            others.append(pid)
+    return others
+
+
+def _all_pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _holds(pid: int, inodes: set[str]) -> bool:
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _process_name(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None

@@ -34,10 +34,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 # Set by the platform for the processes it starts; a runner whose parent is gone stops (no orphans).
 PARENT_PID_VAR = "XSOAR_LOCAL_PARENT_PID"
 
-# The interpreter supervised instances run on, when not this one's (for example `.venv-image/bin/python`, the
-# integration's docker image replicated by `make .venv-image`).
-INSTANCE_PYTHON_VAR = "XSOAR_LOCAL_INSTANCE_PYTHON"
-
 # Module attributes that describe CommonServerPython itself rather than names the script may use.
 _MODULE_ATTRIBUTES = {"__name__", "__file__", "__doc__", "__spec__", "__loader__", "__package__", "__cached__"}
 _MODULE_ATTRIBUTES |= {"__builtins__", "__path__"}
@@ -45,12 +41,11 @@ _MODULE_ATTRIBUTES |= {"__builtins__", "__path__"}
 
 def runner_command(pack_path: Path, integration_id: str, python: str | None = None) -> list[str]:
     """The command line of a runner process. `python` is the interpreter of the environment the script runs in
-    (for example `.venv-image/bin/python`, the integration's docker image replicated); by default the one
-    XSOAR_LOCAL_INSTANCE_PYTHON names, else this one.
+    (the instance's environment, `xsoar_local.environments`); by default this one.
     The runner itself needs only the standard library and PyYAML there; `runner_env()` puts this package on its
     PYTHONPATH."""
     return [
-        python or os.environ.get(INSTANCE_PYTHON_VAR) or sys.executable,
+        python or sys.executable,
         "-m",
         "xsoar_local.runner",
         str(pack_path),

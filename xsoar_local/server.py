@@ -78,6 +78,7 @@ async def serve(
         store=store,
         upstream=upstream,
         base_url=base_url(config.server, sock),
+        config_path=config.path.resolve(),
     )
     uv_config = uvicorn.Config(
         app,
@@ -93,17 +94,26 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, server.handle_exit, sig, None)
+    announce: asyncio.Task[None] | None = None
     try:
         await supervisor.start()
-        on_started(supervisor)
+        # The banner says what each instance's start came to (serving, in error, or down), so it waits for that.
+        announce = asyncio.create_task(_announce(supervisor, on_started), name="announce")
         await server.serve(sockets=[sock])
     finally:
+        if announce is not None:
+            announce.cancel()
         log.info("stopping instances")
         await supervisor.stop()
         await upstream.aclose()
         store.close()
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+
+
+async def _announce(supervisor: Supervisor, on_started: Callable[[Supervisor], None]) -> None:
+    await supervisor.settled(timeout=supervisor.startup_timeout)
+    on_started(supervisor)
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

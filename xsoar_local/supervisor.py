@@ -23,7 +23,7 @@ from typing import Any
 
 from xsoar_local.instances import Instance
 from xsoar_local.masking import mask_secrets, secret_values
-from xsoar_local.ports import INSTANCE_HOST
+from xsoar_local.ports import Listener, listener
 from xsoar_local.runner import runner_command, runner_env
 from xsoar_local.store import Store
 
@@ -33,10 +33,16 @@ LONG_RUNNING_EXECUTION = "long-running-execution"
 
 
 class InstanceState(StrEnum):
-    STARTING = "starting"  # the process runs but does not accept connections on its listen port yet
-    RUNNING = "running"
+    STARTING = "starting"  # the process runs but does not listen on its port yet, and has reported no error
+    RUNNING = "running"  # the process the platform started is the one listening on the instance's port
+    ERROR = "error"  # the process runs but is not serving: it reported an error (module health), e.g. bad params
     DOWN = "down"  # the process exited; it is restarted when the backoff delay is over
     STOPPED = "stopped"
+
+
+# How often a live instance is looked at: while it starts (so that it serves as soon as it listens), and after.
+STARTING_POLL = 0.05
+WATCH_POLL = 0.5
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,16 @@ class InstanceProcess:
     restarts: int = 0
     last_exit: str | None = None
     retry_at: float | None = None
+    # Why the instance does not serve while its process runs (ERROR, or STARTING with its port held by another).
+    problem: str | None = None
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    # Set on every change of state: `Supervisor.settled()` waits on it.
+    changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def set_state(self, state: InstanceState, problem: str | None = None) -> None:
+        if (state, problem) != (self.state, self.problem):
+            self.state, self.problem = state, problem
+            self.changed.set()
 
     @property
     def pid(self) -> int | None:
@@ -73,12 +88,30 @@ class InstanceProcess:
             return max(1, math.ceil(self.retry_at - time.monotonic()) + 1)
         return 1
 
+    @property
+    def settled(self) -> bool:
+        """Past starting: serving, in error, or down (and so restarting)."""
+        return self.state != InstanceState.STARTING
+
+    def reason(self) -> str:
+        """Why the instance does not serve, for the reroute's 503 and the banner."""
+        name = repr(self.instance.name)
+        if self.state == InstanceState.ERROR:
+            return f"instance {name} is in error: {self.problem}"
+        if self.state == InstanceState.DOWN:
+            restart = f"it restarts in {self.retry_after()}s"
+            return f"instance {name} is down: {LONG_RUNNING_EXECUTION} {self.last_exit}; {restart}"
+        if self.state == InstanceState.STARTING and self.problem:
+            return f"instance {name} is starting: {self.problem}"
+        return f"instance {name} is {self.state.value}"
+
     def describe(self) -> dict[str, Any]:
         return {
             "status": self.state.value,
             "pid": self.pid,
             "restarts": self.restarts,
             "last_exit": self.last_exit,
+            "error": self.last_exit if self.state == InstanceState.DOWN else self.problem,
         }
 
 
@@ -102,6 +135,10 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
+    @property
+    def startup_timeout(self) -> float:
+        return self._backoff.startup_timeout
+
     def get(self, name: str) -> InstanceProcess | None:
         return self.processes.get(name)
 
@@ -111,8 +148,17 @@ class Supervisor:
     async def start(self) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         for item in self.processes.values():
-            item.state = InstanceState.STARTING
+            item.set_state(InstanceState.STARTING)
             self._tasks.append(asyncio.create_task(self._keep_running(item), name=f"supervise {item.instance.name}"))
+
+    async def settled(self, timeout: float) -> None:
+        """Wait until every instance is past starting (serving, in error or down), or `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        for item in self.processes.values():
+            while not item.settled and (left := deadline - time.monotonic()) > 0:
+                item.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(item.changed.wait(), timeout=left)
 
     async def stop(self) -> None:
         """End every instance's process group; returns once none of them is left."""
@@ -134,7 +180,7 @@ class Supervisor:
                 # Also ends what the instance started itself, which stays in its process group.
                 _signal_group(item.process.pid, signal.SIGKILL)
                 await item.process.wait()
-            item.state = InstanceState.STOPPED
+            item.set_state(InstanceState.STOPPED)
 
     async def _keep_running(self, item: InstanceProcess) -> None:
         failures = 0
@@ -147,8 +193,8 @@ class Supervisor:
                 return
             failures = 1 if time.monotonic() - started >= self._backoff.stable_after else failures + 1
             delay = self._backoff.delay(failures)
-            item.state, item.last_exit = InstanceState.DOWN, exit_reason
-            item.retry_at = time.monotonic() + delay
+            item.last_exit, item.retry_at = exit_reason, time.monotonic() + delay
+            item.set_state(InstanceState.DOWN)
             log.warning(
                 "instance %r: %s %s; restarting in %.0fs",
                 item.instance.name,
@@ -159,7 +205,7 @@ class Supervisor:
             await self._set_health(item, f"{LONG_RUNNING_EXECUTION} {exit_reason}; restarting in {delay:.0f}s", True)
             await asyncio.sleep(delay)
             item.restarts += 1
-            item.state = InstanceState.STARTING
+            item.set_state(InstanceState.STARTING)
             message = f"{LONG_RUNNING_EXECUTION} restarted (restart {item.restarts}) after it {exit_reason}"
             await self._set_health(item, message, False)
 
@@ -170,7 +216,7 @@ class Supervisor:
             log_file.write(f"--- {_now()} xsoar-local: starting {LONG_RUNNING_EXECUTION}\n".encode())
             log_file.flush()
             item.process = process = await asyncio.create_subprocess_exec(
-                *runner_command(instance.pack.path, instance.integration.id),
+                *runner_command(instance.pack.path, instance.integration.id, instance.python),
                 env=runner_env(
                     instance=instance.name,
                     integration=instance.integration.name,
@@ -186,14 +232,13 @@ class Supervisor:
         log.info("instance %r: %s started (pid %d)", instance.name, LONG_RUNNING_EXECUTION, process.pid)
         exited = asyncio.ensure_future(process.wait())
         timed_out = False
-        if await self._wait_listening(item, exited):
-            item.state, item.retry_at = InstanceState.RUNNING, None
-            log.info("instance %r: running on port %s", instance.name, instance.listen_port)
-        elif not exited.done():
-            timed_out = True
-            _signal_group(process.pid, signal.SIGTERM)
-            await asyncio.wait([exited], timeout=self._stop_timeout)
-            _signal_group(process.pid, signal.SIGKILL)
+        try:
+            timed_out = not await self._watch(item, process.pid, exited)
+        finally:
+            if not exited.done():  # timed out, or the supervisor is stopping
+                _signal_group(process.pid, signal.SIGTERM)
+                await asyncio.wait([exited], timeout=self._stop_timeout)
+                _signal_group(process.pid, signal.SIGKILL)
         returncode = await exited
         # Whatever the instance started itself goes with it, so its port is free for the next run.
         _signal_group(process.pid, signal.SIGKILL)
@@ -201,29 +246,54 @@ class Supervisor:
             return f"did not listen on port {instance.listen_port} within {self._backoff.startup_timeout:.0f}s"
         return _exit_reason(returncode, self.log_path(instance.name), secret_values(instance.params))
 
-    async def _wait_listening(self, item: InstanceProcess, exited: asyncio.Future[int]) -> bool:
-        """Whether the process accepts connections on its listen port before it exits or the startup timeout."""
-        port = item.instance.listen_port
-        if port is None:
-            return not exited.done()
-        deadline = time.monotonic() + self._backoff.startup_timeout
-        while not exited.done() and time.monotonic() < deadline:
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(INSTANCE_HOST, port), timeout=1.0)
-            except (OSError, TimeoutError):
-                await asyncio.wait([exited], timeout=0.05)
-                continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return not exited.done()
-        return False
+    async def _watch(self, item: InstanceProcess, pid: int, exited: asyncio.Future[int]) -> bool:
+        """Keep the instance's state true while its process runs: RUNNING only while the process the platform
+        started (its process group) holds the listen port; ERROR while it does not and its latest module health
+        is an error; else STARTING. Returns False when it stayed STARTING past the startup timeout."""
+        name, port = item.instance.name, item.instance.listen_port
+        deadline: float | None = time.monotonic() + self._backoff.startup_timeout
+        while not exited.done():
+            found, health = await asyncio.to_thread(self._look, port, pid, name)
+            error = health.get("message") if health and health.get("is_error") else None
+            problem: str | None = None
+            if found is None or found.ours:
+                state = InstanceState.RUNNING
+            elif error:
+                state, problem = InstanceState.ERROR, str(error)
+                if found.listening:
+                    problem += f"; port {port} is held by {found.holder()}"
+            else:
+                state = InstanceState.STARTING
+                problem = f"port {port} is held by {found.holder()}" if found.listening else None
+            if state != item.state:
+                _log_state(name, port, state, problem)
+            item.set_state(state, problem)
+            if state == InstanceState.STARTING:
+                deadline = deadline or time.monotonic() + self._backoff.startup_timeout
+                if time.monotonic() >= deadline:
+                    return False
+            else:
+                deadline = None
+                item.retry_at = None
+            await asyncio.wait([exited], timeout=STARTING_POLL if state == InstanceState.STARTING else WATCH_POLL)
+        return True
+
+    def _look(self, port: int | None, pid: int, name: str) -> tuple[Listener | None, dict[str, Any] | None]:
+        """Who listens on the instance's port (None: it has none) and its module health; runs in a thread."""
+        return (listener(port, pid) if port is not None else None), self._store.get_module_health(name)
 
     async def _set_health(self, item: InstanceProcess, message: str, is_error: bool) -> None:
         try:
             await asyncio.to_thread(self._store.set_module_health, item.instance.name, message, is_error)
         except Exception:
             log.exception("instance %r: cannot record module health %r", item.instance.name, message)
+
+
+def _log_state(name: str, port: int | None, state: InstanceState, problem: str | None) -> None:
+    if state == InstanceState.RUNNING:
+        log.info("instance %r: running%s", name, f" on port {port}" if port is not None else "")
+    elif problem:
+        log.warning("instance %r: %s: %s", name, state.value, problem)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

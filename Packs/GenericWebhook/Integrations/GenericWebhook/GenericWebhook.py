@@ -1875,6 +1875,10 @@ class WebhookIntake:
         @app.exception_handler(StarletteHTTPException)
         async def http_error(request: Request, error: StarletteHTTPException) -> Response:
             if error.status_code == 405:
+                path = request.scope["path"]  # not request.url: it decodes the query, which may be any bytes
+                if path in ("/health", "/metrics"):
+                    detail = f"{path} answers GET and HEAD only; send events with POST to another path."
+                    return error_response(405, "method_not_allowed", detail, {"Allow": "GET, HEAD"})
                 return error_response(405, "method_not_allowed", "Only POST is accepted: send events with POST.")
             return error_response(error.status_code, "not_found", "Send events with POST to / or any sub-path.")
 

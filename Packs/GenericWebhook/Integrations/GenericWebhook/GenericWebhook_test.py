@@ -1439,6 +1439,22 @@ def test_health_turns_503_when_creation_fails_and_back(make_client, mocker):
     assert client.get("/health").status_code == 200
 
 
+def test_post_to_health_or_metrics_says_they_answer_get(make_client):
+    """
+    Given a serving instance
+    When /health or /metrics is sent a POST
+    Then the 405 says those paths answer GET and HEAD (not "Only POST is accepted"), with Allow: GET, HEAD.
+    """
+    client = make_client()
+    for path in ("/health", "/metrics"):
+        response = client.post(path, json={})
+        assert response.status_code == 405
+        assert response.headers["Allow"] == "GET, HEAD"
+        assert response.json()["detail"].startswith(f"{path} answers GET and HEAD only")
+    other = client.get("/events")
+    assert (other.status_code, other.json()["detail"]) == (405, "Only POST is accepted: send events with POST.")
+
+
 def test_metrics_parse_and_match_what_was_sent(make_client):
     """
     Given metrics_enabled with Basic auth and dedup on a header

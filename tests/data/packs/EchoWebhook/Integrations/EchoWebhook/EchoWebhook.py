@@ -2,7 +2,9 @@
 
 POST any path: one incident per request, answered with the created incidents. POST /upload: size and sha256 of
 the body. GET /slow?seconds=N: answers after N seconds. GET /stream?size=N: N bytes, chunked. Any other request:
-the request as seen here. test-module fails when the token is "bad"; fetch-incidents returns the stored samples.
+the request as seen here; GET /environment: the interpreter and libraries it runs on. With fail_startup set,
+it reports that text as a module health error and waits without listening. test-module fails when the token is
+"bad"; fetch-incidents returns the stored samples.
 """
 
 # ruff: noqa: F403, F405  (CommonServerPython's names are in scope, as on the platform)
@@ -67,6 +69,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
                 left -= len(part)
             self.wfile.write(b"0\r\n\r\n")
+        elif url.path == "/environment":
+            self._reply(200, environment())
         else:
             self._echo()
 
@@ -117,6 +121,26 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(200, created)
 
 
+def environment():
+    """What this process runs on: the interpreter, and the libraries that tell the image's stack from another."""
+    import importlib.metadata
+    import importlib.util
+
+    def version(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "executable": sys.executable,
+        "prefix": sys.prefix,
+        "python": ".".join(str(part) for part in sys.version_info[:3]),
+        "modules": {name: importlib.util.find_spec(name) is not None for name in ("httptools", "uvloop", "pydantic")},
+        "versions": {name: version(name) for name in ("pydantic", "fastapi", "uvicorn", "starlette", "h11")},
+    }
+
+
 def test_module(params):
     if params.get("token") == "bad":
         return "token 'bad' is not accepted"
@@ -125,6 +149,13 @@ def test_module(params):
 
 def long_running_execution(params):
     port = int(params.get("longRunningPort"))
+    problem = params.get("fail_startup")
+    if problem:
+        # As an integration whose own start-up checks fail does: it says why in module health and keeps waiting
+        # for new params instead of exiting (which the platform would restart over and over).
+        demisto.updateModuleHealth(f"An error occurred: {problem}", True)
+        while True:
+            time.sleep(3600)
     server = ThreadingHTTPServer((os.environ.get("GENERIC_WEBHOOK_BIND_HOST", "127.0.0.1"), port), Handler)
     server.daemon_threads = True
     if argToBoolean(params.get("spawn_child") or False):
