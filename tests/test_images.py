@@ -133,7 +133,7 @@ def test_resolve_errors_name_the_cause(tmp_path: Path) -> None:
         ImageError, match=r"no pin file for demisto/fastapi:9\.9 \(pinned tags: 1\.0\.1, 1\.0\.2, 2\.0\.1\)"
     ):
         resolve_image("demisto/fastapi:9.9", tmp_path)
-    with pytest.raises(ImageError, match=r"no pin file for image demisto/nope \(pinned images: demisto/fastapi\)"):
+    with pytest.raises(ImageError, match=r"no pin file for image demisto/nope; pinned images: demisto/fastapi"):
         resolve_image("demisto/nope:1.0.1", tmp_path)
     with pytest.raises(ImageError, match=r"'demisto/fastapi' has no tag"):
         resolve_image("demisto/fastapi", tmp_path)

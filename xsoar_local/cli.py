@@ -104,13 +104,13 @@ def up(config_path: Path) -> None:
             click.echo(f"xsoar-local {__version__}: gateway on {url} (store {config.server.store_path})")
             for instance in instances:
                 click.echo(_instance_banner(instance, config, url, supervisor))
-            incidents = f"{command_name()} incidents --config {_quoted(config)}"
-            click.echo(
-                f"page: {url}/   status: {command_name()} status --config {_quoted(config)}   incidents: {incidents}"
-            )
+            command, quoted = command_name(), _quoted(config)
+            click.echo(f"page: {url}/   status: {command} status --config {quoted}")
+            click.echo(f"incidents: {command} incidents --config {quoted}")
             click.echo("Ctrl-C stops everything.")
 
         run(serve(config, instances, sock, on_started=started))
+    click.echo("xsoar-local stopped: the gateway and every instance have ended.")
 
 
 def _warn(message: str) -> None:
@@ -166,7 +166,9 @@ def _environment_cell(image: str | None, environment: dict[str, Any] | None) -> 
     python = f"Python {environment.get('python_version')}"
     if environment.get("kind") == "image":
         return f"{image} ({python})"
-    return f"platform's own ({python})"
+    if environment.get("kind") == "override":
+        return f"{environment.get('python')} ({python}, XSOAR_LOCAL_INSTANCE_PYTHON)"
+    return f"platform's own ({python}; image {image or 'none'} not pinned)"
 
 
 @cli.command()
@@ -312,8 +314,9 @@ def _instance_banner(instance: Instance, config: PlatformConfig, url: str, super
         return f"{head}: {instance.unserved_reason}"
     process = supervisor.get(instance.name)
     state = process.state if process is not None else InstanceState.STOPPED
+    port = f"listen port {instance.listen_port}" if state == InstanceState.RUNNING else "not listening"
     lines = [
-        f"{head}: {state.value}, listen port {instance.listen_port}, log {supervisor.log_path(instance.name)}",
+        f"{head}: {state.value}, {port}, log {supervisor.log_path(instance.name)}",
         f"    environment: {instance.environment.label if instance.environment else PLATFORM_OWN}",
     ]
     if state != InstanceState.RUNNING:

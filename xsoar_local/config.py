@@ -35,7 +35,7 @@ server:
   # api_key: <secret>               # needed for /instance/execute/<name> of a non-external instance, and then
   #                                 # also for the read API and the page (header `Authorization` or `X-API-Key`)
   # unknown_image: warn             # an integration whose docker image has no pin file: warn (run it on the
-  #                                 # platform's own Python) or error (refuse to start it)
+  #                                 # platform's own Python) or error (`up` refuses to start)
   config:                           # server configuration keys, as in the real server
     instance.execute.external.webhook: "true"
 packs:

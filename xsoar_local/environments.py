@@ -75,7 +75,7 @@ class Environment:
             return f"{self.image} replicated (Python {self.python_version}, {self.path})"
         if self.kind == OVERRIDE:
             return f"{self.python} (Python {self.python_version}, set by {INSTANCE_PYTHON_VAR})"
-        return f"the platform's own (Python {self.python_version})"
+        return f"the platform's own (Python {self.python_version}), as {self.reason}"
 
 
 def platform_environment(image: str | None, reason: str) -> Environment:
@@ -136,14 +136,14 @@ def _environment(
         try:
             pins = resolve_image(image)
         except ImageError as exc:
-            problem = f"image {image} is not known to xsoar-local ({exc})"
+            problem = f"image {image} is not known to xsoar-local ({exc.problem})"
         else:
             return _image_environment(image, pins, server, progress, announce_reuse)
     if server.unknown_image == "error":
         raise ConfigError(
-            f"instance {names}: {problem}; server.unknown_image is 'error'"
-            " (fix: add the image's pins to xsoar_local/images/, or set server.unknown_image: warn to run it on the"
-            " platform's own environment)"
+            f"instance {names}: {problem}; server.unknown_image is 'error', so nothing is started"
+            " (fix: add the image's pins to xsoar_local/images/, set server.unknown_image: warn to run it on the"
+            " platform's own environment, or disable the instance with enabled: false)"
         )
     environment = platform_environment(image, problem)
     warn(

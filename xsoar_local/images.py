@@ -56,7 +56,12 @@ def say(message: str) -> None:
 
 
 class ImageError(XsoarLocalError):
-    """An image reference, a pin file or the Python it needs is not usable."""
+    """An image reference, a pin file or the Python it needs is not usable. `problem` is the cause alone, `fix`
+    what to do; the message joins them."""
+
+    def __init__(self, problem: str, fix: str | None = None) -> None:
+        self.problem, self.fix = problem, fix
+        super().__init__(f"{problem}: {fix}" if fix else problem)
 
 
 @dataclass(frozen=True)
@@ -151,12 +156,13 @@ def resolve_image(ref: str, images_dir: Path | None = None) -> ImagePins:
     if of_repo:
         known = ", ".join(dict.fromkeys(tag for pins in of_repo for tag in pins.tags))
         raise ImageError(
-            f"no pin file for {repo}:{tag} (pinned tags: {known}): add the tag to the `# tags:` line of the file "
-            f"in {_shown(images_dir or IMAGES_DIR)} whose pins it has, or add a file with its pins"
+            f"no pin file for {repo}:{tag} (pinned tags: {known})",
+            f"add the tag to the `# tags:` line of the file in {_shown(images_dir or IMAGES_DIR)} whose pins it has,"
+            " or add a file with its pins",
         )
     known = ", ".join(sorted({pins.image for pins in files})) or "none"
     raise ImageError(
-        f"no pin file for image {repo} (pinned images: {known}): add one to {_shown(images_dir or IMAGES_DIR)}"
+        f"no pin file for image {repo}; pinned images: {known}", f"add one to {_shown(images_dir or IMAGES_DIR)}"
     )
 
 

@@ -42,6 +42,8 @@ class InstanceState(StrEnum):
 
 # How often a live instance is looked at: while it starts (so that it serves as soon as it listens), and after.
 STARTING_POLL = 0.05
+# What the reroute's 503 asks senders to wait for an instance in error.
+ERROR_RETRY_AFTER = 30
 WATCH_POLL = 0.5
 
 
@@ -86,6 +88,8 @@ class InstanceProcess:
         """Seconds a caller should wait before trying the instance again."""
         if self.state == InstanceState.DOWN and self.retry_at is not None:
             return max(1, math.ceil(self.retry_at - time.monotonic()) + 1)
+        if self.state == InstanceState.ERROR:
+            return ERROR_RETRY_AFTER  # it needs a fix, or the other process to let go of its port
         return 1
 
     @property
@@ -248,20 +252,23 @@ class Supervisor:
 
     async def _watch(self, item: InstanceProcess, pid: int, exited: asyncio.Future[int]) -> bool:
         """Keep the instance's state true while its process runs: RUNNING only while the process the platform
-        started (its process group) holds the listen port; ERROR while it does not and its latest module health
-        is an error; else STARTING. Returns False when it stayed STARTING past the startup timeout."""
+        started (its process group) holds the listen port (for an instance without one: while it reports no error);
+        ERROR while it does not and its latest module health is an error; else STARTING. Returns False when it
+        stayed STARTING past the startup timeout."""
         name, port = item.instance.name, item.instance.listen_port
         deadline: float | None = time.monotonic() + self._backoff.startup_timeout
         while not exited.done():
             found, health = await asyncio.to_thread(self._look, port, pid, name)
             error = health.get("message") if health and health.get("is_error") else None
             problem: str | None = None
-            if found is None or found.ours:
-                state = InstanceState.RUNNING
+            if found is not None and found.ours:
+                state = InstanceState.RUNNING  # serving, whatever its module health says since
             elif error:
                 state, problem = InstanceState.ERROR, str(error)
-                if found.listening:
-                    problem += f"; port {port} is held by {found.holder()}"
+                if found is not None and found.listening:
+                    problem = f"{problem.rstrip('. ')} (port {port} is held by {found.holder()})"
+            elif found is None:
+                state = InstanceState.RUNNING  # no listen port: running while it runs and reports no error
             else:
                 state = InstanceState.STARTING
                 problem = f"port {port} is held by {found.holder()}" if found.listening else None
