@@ -18,7 +18,8 @@ export DEMISTO_SDK_IGNORE_CONTENT_WARNING := 1
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	@# setuptools' "Editable installation." notice (a UserWarning of the build backend) says nothing about this project.
+	PYTHONWARNINGS=ignore::UserWarning $(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
 $(SDK_VENV)/.installed:
