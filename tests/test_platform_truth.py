@@ -51,20 +51,20 @@ def echo_pack(folder: Path, image: str | None) -> Path:
     return copy_pack(ECHO_PACK, folder / "EchoPack", set_image)
 
 
-def read_banner(platform: Platform, timeout: float = 180.0) -> str:
-    """What `up` printed on stdout up to the end of its banner (read from the pipe's descriptor)."""
+def read_banner(platform: Platform, timeout: float = 180.0, until: str = BANNER_END) -> str:
+    """What `up` printed on stdout up to the end of its banner, or `until` (read from the pipe's descriptor)."""
     fd = platform.process.stdout.fileno()  # type: ignore[union-attr]
-    data = b""
+    data = platform.__dict__.setdefault("_stdout_read", [b""])
     deadline = time.monotonic() + timeout
-    while BANNER_END.encode() not in data:
+    while until.encode() not in data[0]:
         platform.check_alive()
-        assert time.monotonic() < deadline, f"no banner within {timeout}s; so far:\n{data.decode()}"
+        assert time.monotonic() < deadline, f"no {until!r} within {timeout}s; so far:\n{data[0].decode()}"
         ready, _, _ = select.select([fd], [], [], 0.2)
         if ready:
             chunk = os.read(fd, 65536)
-            assert chunk, f"stdout closed before the banner ended:\n{data.decode()}"
-            data += chunk
-    return data.decode()
+            assert chunk, f"stdout closed before {until!r}:\n{data[0].decode()}"
+            data[0] += chunk
+    return data[0].decode()
 
 
 def status_json(config: Path) -> dict[str, dict[str, Any]]:
@@ -107,8 +107,10 @@ def test_an_instance_runs_on_its_images_environment_built_once_and_reused(tmp_pa
     config.write_text(yaml.safe_dump(data))
     venv = environments / "demisto-fastapi-0.125"
 
-    first = start_platform(config, timeout=300)
+    first = start_platform(config, timeout=300, wait_for_gateway=False)
     try:
+        read_banner(first, until="installing")
+        building = run_cli("status", "--config", config)
         banner = read_banner(first)
         inside = probe(first, "img")
         listed = status_json(config)["img"]
@@ -118,6 +120,7 @@ def test_an_instance_runs_on_its_images_environment_built_once_and_reused(tmp_pa
         first.stop()
     marker = (venv / MARKER_NAME).stat()
 
+    assert building.returncode == 1 and "is building image environments" in building.stderr
     assert f"building {venv} for {FASTAPI_IMAGE}" in banner
     assert f"{venv} ready: Python 3.12" in banner
     assert f"environment: {FASTAPI_IMAGE} replicated (Python 3.12" in banner

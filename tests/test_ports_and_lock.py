@@ -18,19 +18,35 @@ pytestmark = pytest.mark.skipif(not can_see_sockets(), reason="socket ownership 
 
 
 def test_a_port_this_process_group_listens_on_is_ours_and_anothers_is_named() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        port = sock.getsockname()[1]
+    # A process group other than this one's: as the platform sees it for an instance that does not hold the port.
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            port = sock.getsockname()[1]
 
-        mine = listener(port, os.getpgid(0))
-        theirs = listener(port, 1)  # as seen for an instance whose process group is pid 1's
+            mine = listener(port, os.getpgid(0))
+            theirs = listener(port, other.pid)
+    finally:
+        other.communicate(b"")
 
     gone = listener(port, os.getpgid(0))
     assert (mine.listening, mine.ours) == (True, True)
     assert (theirs.listening, theirs.ours, theirs.other_pid) == (True, False, os.getpid())
     assert theirs.holder().startswith(f"another process (pid {os.getpid()}")
     assert (gone.listening, gone.ours) == (False, False)
+
+
+def test_only_listeners_reachable_from_127_0_0_1_count() -> None:
+    """A listener on another loopback address does not take the gateway's connections to 127.0.0.1:port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.2", 0))
+        sock.listen()
+        found = listener(sock.getsockname()[1], os.getpgid(0))
+    assert (found.listening, found.ours) == (False, False)
 
 
 def test_a_listener_in_a_child_of_the_group_is_ours() -> None:
@@ -62,3 +78,26 @@ def test_the_data_dir_lock_is_held_once_and_says_by_whom(tmp_path: Path) -> None
     assert read_holder(path) is None
     with DataDirLock(path) as again:
         again.acquire()  # free again
+
+
+def test_a_status_reading_the_lock_at_that_moment_does_not_make_up_fail(tmp_path: Path) -> None:
+    """`read_holder` takes a shared lock for a moment; `acquire` waits that out instead of reporting a platform."""
+    import fcntl
+    import threading
+
+    path = tmp_path / "xsoar-local.lock"
+    path.write_text("")
+    reader = os.open(path, os.O_RDONLY)
+    fcntl.flock(reader, fcntl.LOCK_SH)
+    threading.Timer(0.2, lambda: os.close(reader)).start()  # the reader lets go while `acquire` retries
+
+    with DataDirLock(path) as lock:
+        lock.acquire(config="/a/xsoar-local.yaml")
+        assert read_holder(path) == {"pid": os.getpid(), "config": "/a/xsoar-local.yaml"}
+
+
+def test_a_data_dir_that_cannot_be_made_names_the_setting(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+
+    with pytest.raises(XsoarLocalError, match=r"data dir .*file/data cannot be used: .*fix: set server.data_dir"):
+        DataDirLock(tmp_path / "file" / "data" / "xsoar-local.lock").acquire()

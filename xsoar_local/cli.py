@@ -36,6 +36,8 @@ from xsoar_local.supervisor import InstanceState, Supervisor
 from xsoar_local.try_line import try_line, why_no_try_line
 
 DEBUG_VARIABLE = "XSOAR_LOCAL_DEBUG"
+# What `up` records in the data dir lock while it builds image environments, and once it serves.
+BUILDING, SERVING = "building environments", "serving"
 
 
 class _Cli(click.Group):
@@ -87,10 +89,11 @@ def up(config_path: Path) -> None:
         check_listen_ports(config, instances)
         sock = bind_gateway(config.server)
         url = base_url(config.server, sock)
-        lock.update(url=url)
+        lock.update(url=url, phase=BUILDING)
         # Each image's environment is built here on first use (its progress on stdout), before anything starts.
         ready = iter(prepare_environments([item for item in instances if item.supervised], config.server, warn=_warn))
         instances = [next(ready) if item.supervised else item for item in instances]
+        lock.update(phase=SERVING)
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("xsoar_local").setLevel(logging.INFO)
         if not is_loopback(config.server.host) and not config.server.api_key:
@@ -128,6 +131,11 @@ def status(config_path: Path, as_json: bool) -> None:
         raise XsoarLocalError(
             f"xsoar-local is not running for {config.path} (no platform holds its data dir {config.server.data_dir};"
             f" fix: start it with {command_name()} up --config {_quoted(config)})"
+        )
+    if holder.get("phase") == BUILDING:
+        raise XsoarLocalError(
+            f"the xsoar-local holding {config.server.data_dir} (pid {holder.get('pid')}) is building image"
+            " environments before it starts its instances (the first start of an image takes a while): try again"
         )
     # The platform that holds the data dir, wherever its gateway is (the config may say port 0, or have changed).
     url = str(holder.get("url") or config.server.base_url())
@@ -320,8 +328,12 @@ def _instance_banner(instance: Instance, config: PlatformConfig, url: str, super
         f"    environment: {instance.environment.label if instance.environment else PLATFORM_OWN}",
     ]
     if state != InstanceState.RUNNING:
+        status = f"{command_name()} status --config {_quoted(config)}"
         lines.append(f"    {process.reason() if process is not None else state.value}")
-        lines.append(f"    fix the cause, then restart; status: {command_name()} status --config {_quoted(config)}")
+        if state == InstanceState.ERROR:
+            lines.append(f"    fix the cause, then restart xsoar-local; status: {status}")
+        else:
+            lines.append(f"    the platform keeps restarting it; status: {status}")
         return "\n".join(lines)
     webhook = f"{url}{instance.webhook_path()}"
     lines.append(f"    webhook URL: {webhook}")

@@ -10,11 +10,16 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from xsoar_local.errors import XsoarLocalError
+
+# How long `acquire` tries before it takes the lock for another platform's: 40 x 50 ms.
+ACQUIRE_ATTEMPTS = 40
+ACQUIRE_INTERVAL = 0.05
 
 
 @dataclass
@@ -24,13 +29,25 @@ class DataDirLock:
 
     def acquire(self, **holder: Any) -> None:
         """Take the lock and record `holder` in the file; raises when another platform holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise XsoarLocalError(_held_message(self.path, read_holder(self.path))) from None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise XsoarLocalError(
+                f"data dir {self.path.parent} cannot be used: {exc.strerror or exc}"
+                " (fix: set server.data_dir to a folder this user can write)"
+            ) from None
+        # `read_holder` (a `status` call) holds a shared lock for a moment: only a lock held all along is another
+        # platform's.
+        for attempt in range(ACQUIRE_ATTEMPTS):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == ACQUIRE_ATTEMPTS - 1:
+                    os.close(fd)
+                    raise XsoarLocalError(_held_message(self.path, read_holder(self.path))) from None
+                time.sleep(ACQUIRE_INTERVAL)
         self._fd = fd
         self.update(pid=os.getpid(), **holder)
 
@@ -39,8 +56,9 @@ class DataDirLock:
         if self._fd is None:
             return
         recorded = {**_read(self.path), **holder}
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, (json.dumps(recorded, sort_keys=True) + "\n").encode(), 0)
+        data = (json.dumps(recorded, sort_keys=True) + "\n").encode()
+        os.pwrite(self._fd, data, 0)  # written over, then cut: a reader never finds it empty meanwhile
+        os.ftruncate(self._fd, len(data))
 
     def release(self) -> None:
         if self._fd is None:

@@ -48,6 +48,9 @@ def free_port(exclude: set[int] | frozenset[int] = frozenset(), host: str = INST
 # Linux's tables of TCP sockets: `local_address` is `<hex address>:<hex port>`, state 0A is LISTEN.
 _PROC_NET_TCP = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 _LISTEN = "0A"
+# The local addresses whose listener takes connections to 127.0.0.1 (where the gateway reaches instances):
+# 127.0.0.1 and 0.0.0.0, and in tcp6 `::` (dual-stack) and ::ffff:127.0.0.1.
+_REACHED_FROM_LOOPBACK = {"0100007F", "00000000", "0" * 32, "0000000000000000FFFF00000100007F"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,11 @@ def listener(port: int, pgid: int) -> Listener:
     """Who listens on `port`: a process of the process group `pgid` (the instance's: it runs in a session of its
     own), or another. Without /proc, a port that accepts a connection counts as the group's."""
     if not can_see_sockets():
-        return Listener(listening=port_in_use(port), ours=port_in_use(port))
+        # Only whether something accepts connections (a bind test could take the port from the instance itself).
+        with socket.socket() as probe:
+            probe.settimeout(1.0)
+            listening = probe.connect_ex((INSTANCE_HOST, port)) == 0
+        return Listener(listening=listening, ours=listening)
     inodes = _listening_inodes(port)
     if not inodes:
         return Listener(listening=False, ours=False)
@@ -97,7 +104,10 @@ def _listening_inodes(port: int) -> set[str]:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) > 9 and fields[3] == _LISTEN and fields[1].rsplit(":", 1)[-1] == wanted:
+            if len(fields) <= 9 or fields[3] != _LISTEN:
+                continue
+            address, _, hex_port = fields[1].rpartition(":")
+            if hex_port == wanted and address.upper() in _REACHED_FROM_LOOPBACK:
                 inodes.add(fields[9])
     return inodes
 

@@ -29,6 +29,7 @@ from xsoar_local.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+BANNER_GRACE = 15.0
 
 T = TypeVar("T")
 
@@ -112,7 +113,9 @@ async def serve(
 
 
 async def _announce(supervisor: Supervisor, on_started: Callable[[Supervisor], None]) -> None:
-    await supervisor.settled(timeout=supervisor.startup_timeout)
+    # Past the supervisor's startup timeout (counted from each process's start): the banner does not give up on an
+    # instance a moment before the supervisor does.
+    await supervisor.settled(timeout=supervisor.startup_timeout + BANNER_GRACE)
     on_started(supervisor)
 
 

@@ -25,7 +25,7 @@ from xsoar_local.instances import Instance
 from xsoar_local.masking import mask_secrets, secret_values
 from xsoar_local.ports import Listener, listener
 from xsoar_local.runner import runner_command, runner_env
-from xsoar_local.store import Store
+from xsoar_local.store import Store, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,11 @@ class Supervisor:
         await self._set_health(item, f"{LONG_RUNNING_EXECUTION} started", False)
         while not self._stopping:
             started = time.monotonic()
-            exit_reason = await self._run_once(item)
+            try:
+                exit_reason = await self._run_once(item)
+            except Exception as exc:  # a failure of the platform's own, not the instance's: restart it all the same
+                log.exception("instance %r: supervising it failed", item.instance.name)
+                exit_reason = f"was stopped by the platform after an internal error ({type(exc).__name__}: {exc})"
             if self._stopping:
                 return
             failures = 1 if time.monotonic() - started >= self._backoff.stable_after else failures + 1
@@ -237,29 +241,37 @@ class Supervisor:
         exited = asyncio.ensure_future(process.wait())
         timed_out = False
         try:
-            timed_out = not await self._watch(item, process.pid, exited)
+            timed_out = not await self._watch(item, process.pid, exited, utc_now())
         finally:
-            if not exited.done():  # timed out, or the supervisor is stopping
-                _signal_group(process.pid, signal.SIGTERM)
-                await asyncio.wait([exited], timeout=self._stop_timeout)
+            if not exited.done():  # timed out, an internal error, or the supervisor is stopping
+                if not self._stopping:  # stop() has signalled and waited already
+                    _signal_group(process.pid, signal.SIGTERM)
+                    await asyncio.wait([exited], timeout=self._stop_timeout)
                 _signal_group(process.pid, signal.SIGKILL)
         returncode = await exited
         # Whatever the instance started itself goes with it, so its port is free for the next run.
         _signal_group(process.pid, signal.SIGKILL)
         if timed_out:
-            return f"did not listen on port {instance.listen_port} within {self._backoff.startup_timeout:.0f}s"
+            why = f" ({item.problem})" if item.problem else ""
+            return f"did not listen on port {instance.listen_port} within {self._backoff.startup_timeout:.0f}s{why}"
         return _exit_reason(returncode, self.log_path(instance.name), secret_values(instance.params))
 
-    async def _watch(self, item: InstanceProcess, pid: int, exited: asyncio.Future[int]) -> bool:
+    async def _watch(self, item: InstanceProcess, pid: int, exited: asyncio.Future[int], since: str) -> bool:
         """Keep the instance's state true while its process runs: RUNNING only while the process the platform
         started (its process group) holds the listen port (for an instance without one: while it reports no error);
-        ERROR while it does not and its latest module health is an error; else STARTING. Returns False when it
-        stayed STARTING past the startup timeout."""
+        ERROR while it does not and its latest module health, reported since this process started (`since`), is an
+        error; else STARTING. Returns False when it stayed STARTING past the startup timeout."""
         name, port = item.instance.name, item.instance.listen_port
         deadline: float | None = time.monotonic() + self._backoff.startup_timeout
         while not exited.done():
-            found, health = await asyncio.to_thread(self._look, port, pid, name)
-            error = health.get("message") if health and health.get("is_error") else None
+            try:
+                found, health = await asyncio.to_thread(self._look, port, pid, name)
+            except Exception:  # e.g. the store busy for a moment: keep the state, look again
+                log.warning("instance %r: cannot check its port and module health", name, exc_info=True)
+                await asyncio.wait([exited], timeout=WATCH_POLL)
+                continue
+            fresh = health is not None and str(health.get("updated") or "") >= since
+            error = health.get("message") if health and fresh and health.get("is_error") else None
             problem: str | None = None
             if found is not None and found.ours:
                 state = InstanceState.RUNNING  # serving, whatever its module health says since
