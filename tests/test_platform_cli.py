@@ -73,3 +73,20 @@ def test_a_usage_error_is_one_line_too(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert result.stderr.strip() == "Error: Missing argument 'INSTANCE'. (see xsoar-local samples --help)"
+
+
+def test_control_characters_in_stored_data_never_reach_the_terminal(tmp_path: Path) -> None:
+    """Given incidents whose name and type hold terminal escape sequences (a conceal code, a window-title write, a
+    C1 CSI, a newline), when `incidents` prints them, then every control character is shown as an escape."""
+    config = write_config(tmp_path, [])
+    store = open_store(tmp_path / "data" / "xsoar-local.db")
+    store.create_incidents("a", [{"name": "x\x1b[8mhidden\x1b]0;pwned\x07", "type": "t\x9b2J\nnext"}])
+    store.close()
+
+    table = run_cli("incidents", "--config", config)
+
+    assert table.returncode == 0, table.stderr
+    assert not any(char in table.stdout for char in "\x1b\x07\x9b")
+    assert len(table.stdout.splitlines()) == 2  # the newline did not start a row of its own
+    assert "x\\x1b[8mhidden\\x1b]0;pwned\\x07" in table.stdout
+    assert "t\\x9b2J\\nnext" in table.stdout

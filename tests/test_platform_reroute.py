@@ -182,6 +182,22 @@ def test_a_non_external_instance_needs_the_api_key(caller: httpx.Client) -> None
     assert caller.post("/instance/execute/private", headers={"Authorization": API_KEY}, json={}).status_code == 200
 
 
+def test_the_platforms_api_key_never_reaches_an_external_instance(platform: Platform, caller: httpx.Client) -> None:
+    """Given an external instance that stores what it is sent, when a caller sends the platform's API key anyway
+    (X-API-Key, or as Authorization), then the instance never sees it, so no incident or sample holds it; another
+    X-API-Key value (the instance's own business) passes through."""
+    echoed = caller.get("/instance/execute/echo/echo", headers={"X-API-Key": API_KEY}).json()["headers"]
+    created = caller.post("/instance/execute/echo", headers={"Authorization": API_KEY}, json={"name": "key?"})
+    other = caller.get("/instance/execute/echo/echo", headers={"X-API-Key": "the-instance-s-own"}).json()["headers"]
+
+    assert "x-api-key" not in {key.lower() for key in echoed}
+    assert created.status_code == 200
+    assert API_KEY not in created.text
+    incident = platform.client.get(f"/incidents/{created.json()[0]['id']}").json()
+    assert API_KEY not in json.dumps(incident)
+    assert {key.lower(): value for key, value in other.items()}["x-api-key"] == "the-instance-s-own"
+
+
 def test_the_read_api_needs_the_api_key_but_health_does_not(caller: httpx.Client) -> None:
     assert caller.get("/incidents").status_code == 401
     assert caller.get("/instances").status_code == 401

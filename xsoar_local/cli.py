@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -356,7 +357,18 @@ def _quoted(config: PlatformConfig) -> str:
     return shlex.quote(str(config.path))
 
 
+# Control characters (C0, DEL, C1): in a table they would reach the operator's terminal as escape sequences.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """`text` with every control character shown as an escape (`\x1b`, `\n`), so stored data (what senders posted)
+    cannot drive the terminal: no colours, no hidden rows, no window-title writes."""
+    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
+    rows = [[visible(str(cell)) for cell in row] for row in rows]
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
     return "\n".join(
         "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

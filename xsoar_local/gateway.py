@@ -97,13 +97,15 @@ class Reroute:
         if not instance.supervised:
             detail = f"instance {name!r} is {instance.unserved_reason}"
             return error_response(404, "instance_not_served", detail), None
-        api_key_name = None
-        if not self._external[name]:
+        # The header carrying the platform's API key never reaches the instance, external or not: there it would end
+        # up in incidents, samples and the page.
+        found = None
+        if self._server.api_key:
             text_headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in headers}
             found = api_key_header(text_headers, self._server.api_key)
-            if found is None:
-                return error_response(401, "unauthorized", self._unauthorized_detail(name)), None
-            api_key_name = found.encode("latin-1")
+        if not self._external[name] and found is None:
+            return error_response(401, "unauthorized", self._unauthorized_detail(name)), None
+        api_key_name = found.encode("latin-1") if found is not None else None
         process = self._supervisor.get(name)
         if process is None or process.state != InstanceState.RUNNING:
             # Never forwarded: a port the instance does not hold may be another process's.

@@ -110,6 +110,10 @@ SEVERITY_WORDS = {
 }
 VALID_SEVERITIES = frozenset({0, 0.5, 1, 2, 3, 4})
 SIGNATURE_SCHEMES = ("None", "Generic HMAC", "GitHub", "Slack", "Stripe", "Standard Webhooks")
+# Shortest keys accepted: the Standard Webhooks specification's (a 24 to 64 byte key, base64 after `whsec_`), and
+# 16 bytes for a generic HMAC secret (below that, a key can be searched for).
+STANDARD_WEBHOOKS_MIN_KEY_BYTES = 24
+GENERIC_HMAC_MIN_SECRET_BYTES = 16
 SIGNATURE_ALGORITHMS = ("sha1", "sha256", "sha512")
 SIGNATURE_ENCODINGS = ("hex", "base64")
 # ISO-8601 as senders write it (extended or basic format): a date, then optionally a time (any number of fraction
@@ -346,9 +350,20 @@ def _parse_signature(params: dict[str, Any], problems: list[str]) -> SignatureCo
         except (binascii.Error, ValueError):
             problems.append("signature_secret for Standard Webhooks must be base64, usually starting with `whsec_`.")
             secret_bytes = b""
+        else:
+            if secret and len(secret_bytes) < STANDARD_WEBHOOKS_MIN_KEY_BYTES:
+                problems.append(
+                    f"signature_secret for Standard Webhooks decodes to {len(secret_bytes)} bytes; the specification"
+                    f" asks for {STANDARD_WEBHOOKS_MIN_KEY_BYTES} to 64: paste the whole `whsec_...` secret."
+                )
         return SignatureConfig(scheme, secret_bytes, tolerance=tolerance)
     if scheme != "Generic HMAC":
         return SignatureConfig(scheme, secret.encode("utf-8"), tolerance=tolerance)
+    if secret and len(secret.encode("utf-8")) < GENERIC_HMAC_MIN_SECRET_BYTES:
+        problems.append(
+            f"signature_secret for Generic HMAC must be at least {GENERIC_HMAC_MIN_SECRET_BYTES} bytes: a shorter one"
+            " can be guessed; use the sender's full signing secret."
+        )
 
     header = str(params.get("signature_header") or "").strip().lower()
     if not header:

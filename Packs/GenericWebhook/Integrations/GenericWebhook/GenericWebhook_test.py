@@ -979,13 +979,15 @@ STALE = str(int(time.time()) - 3600)
         (
             {
                 "signature_scheme": "Generic HMAC",
-                "signature_secret": "generic",
+                "signature_secret": "generic-hmac-secret",
                 "signature_header": "X-Signature",
                 "signature_algorithm": "sha512",
                 "signature_encoding": "base64",
                 "signature_prefix": "sha512=",
             },
-            lambda: {"X-Signature": "sha512=" + base64.b64encode(sign(b"generic", BODY, "sha512")).decode()},
+            lambda: {
+                "X-Signature": "sha512=" + base64.b64encode(sign(b"generic-hmac-secret", BODY, "sha512")).decode()
+            },
             [
                 (
                     lambda: {"X-Signature": "sha512=" + base64.b64encode(sign(b"x", BODY, "sha512")).decode()},
@@ -1530,6 +1532,20 @@ def test_metrics_off_by_default(make_client):
             "signature_encoding `base32`",
         ),
         ({"signature_scheme": "Standard Webhooks", "signature_secret": "whsec_***"}, "must be base64"),
+        # An empty or short key (issue: `whsec_` gave an empty HMAC key, `whsec_AA==` a 1-byte one).
+        ({"signature_scheme": "Standard Webhooks", "signature_secret": "whsec_"}, "decodes to 0 bytes"),
+        ({"signature_scheme": "Standard Webhooks", "signature_secret": "whsec_AA=="}, "decodes to 1 bytes"),
+        (
+            {
+                "signature_scheme": "Standard Webhooks",
+                "signature_secret": "whsec_" + base64.b64encode(bytes(23)).decode(),
+            },
+            "asks for 24 to 64",
+        ),
+        (
+            {"signature_scheme": "Generic HMAC", "signature_secret": "fifteen-bytes!!", "signature_header": "X-S"},
+            "signature_secret for Generic HMAC must be at least 16 bytes",
+        ),
         ({"signature_scheme": "Slack", "signature_secret": "s", "timestamp_tolerance": "0"}, "timestamp_tolerance"),
         ({"dedup_key": "header:"}, "does not name a header"),
         ({"dedup_key": "a..b"}, "dedup_key `a..b`"),
