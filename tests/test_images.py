@@ -31,20 +31,24 @@ def write_pins(directory: Path, name: str, image: str, tags: str, python: str = 
     return path
 
 
+def resolved_by_one_pin_file(ref: str) -> images.ImagePins:
+    """The pin file `ref` resolves to, checked to be the only one of xsoar_local/images claiming its tag."""
+    repo, tag = images.split_reference(ref)
+    claiming = [pins for pins in pin_files() if pins.image == repo and tag in pins.tags]
+    assert len(claiming) == 1, [pins.pins_path.name for pins in claiming]
+    resolved = resolve_image(ref)
+    assert resolved == claiming[0]
+    assert resolved.pins_path.parent == images.IMAGES_DIR
+    return resolved
+
+
 def test_the_integrations_image_resolves_to_exactly_one_pin_file() -> None:
     """
     Given: the integration YAML's `script.dockerimage`
     When: resolving it
     Then: exactly one pin file of xsoar_local/images claims its tag, and it pins the image's web stack
     """
-    ref = integration_image(INTEGRATION_YML)
-    repo, tag = images.split_reference(ref)
-    claiming = [pins for pins in pin_files() if pins.image == repo and tag in pins.tags]
-
-    assert len(claiming) == 1, [pins.pins_path.name for pins in claiming]
-    resolved = resolve_image(ref)
-    assert resolved == claiming[0]
-    assert resolved.pins_path.parent == images.IMAGES_DIR
+    resolved = resolved_by_one_pin_file(integration_image(INTEGRATION_YML))
     assert {"fastapi", "starlette", "uvicorn", "h11", "pydantic", "pyyaml"} <= resolved.pins.keys()
 
 
@@ -55,13 +59,7 @@ def test_the_sdk_template_image_resolves_to_exactly_one_pin_file() -> None:
     Then: exactly one pin file claims the tag, with the image's Python 3.12 and every library of its Pipfile; the
       unknown tag's error names the pinned one
     """
-    repo, tag = images.split_reference(SDK_TEMPLATE_IMAGE)
-    claiming = [pins for pins in pin_files() if pins.image == repo and tag in pins.tags]
-
-    assert len(claiming) == 1, [pins.pins_path.name for pins in claiming]
-    resolved = resolve_image(SDK_TEMPLATE_IMAGE)
-    assert resolved == claiming[0]
-    assert resolved.pins_path.parent == images.IMAGES_DIR
+    resolved = resolved_by_one_pin_file(SDK_TEMPLATE_IMAGE)
     assert resolved.python == "3.12"
     assert resolved.pins.keys() >= PYTHON3_PIPFILE, sorted(PYTHON3_PIPFILE - resolved.pins.keys())
     with pytest.raises(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import platform
 import sys
@@ -24,12 +23,12 @@ from typing import Any
 from xsoar_local.config import ServerConfig
 from xsoar_local.errors import ConfigError, XsoarLocalError
 from xsoar_local.images import (
-    MARKER_NAME,
     ImageError,
     ImagePins,
     Progress,
     build_env,
     interpreter_version,
+    recorded_build,
     resolve_image,
     say,
 )
@@ -182,9 +181,5 @@ def _building(venv_dir: Path, progress: Progress) -> Iterator[None]:
 
 
 def _recorded_python(venv_dir: Path) -> str | None:
-    try:
-        recorded = json.loads((venv_dir / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    version = recorded.get("python") if isinstance(recorded, dict) else None
+    version = recorded_build(venv_dir).get("python")
     return version if isinstance(version, str) else None

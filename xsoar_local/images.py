@@ -236,13 +236,19 @@ def _same_build(recorded: dict[str, object], marker: dict[str, str | None]) -> b
     return all(recorded.get(key) == marker[key] for key in ("pins_file", "pins_sha256", "test_tools_sha256"))
 
 
-def is_current(venv_dir: Path, marker: dict[str, str | None]) -> bool:
-    """Whether `venv_dir` was built from the same pin file content (and test tools), and its Python still runs."""
+def recorded_build(venv_dir: Path) -> dict[str, object]:
+    """What the venv's marker records (pin file, hashes, image, Python); empty when it has none or it is unreadable."""
     try:
         recorded = json.loads((venv_dir / MARKER_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    if not isinstance(recorded, dict) or not _same_build(recorded, marker):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def is_current(venv_dir: Path, marker: dict[str, str | None]) -> bool:
+    """Whether `venv_dir` was built from the same pin file content (and test tools), and its Python still runs."""
+    recorded = recorded_build(venv_dir)
+    if not recorded or not _same_build(recorded, marker):
         return False
     return interpreter_version(str(venv_python(venv_dir))) is not None
 
@@ -263,8 +269,7 @@ def build_env(
     marker = build_marker(pins, test_tools=test_tools, image=ref)
     marker_path = venv_dir / MARKER_NAME
     if is_current(venv_dir, marker):
-        recorded = json.loads(marker_path.read_text(encoding="utf-8"))
-        _write_marker(marker_path, {**recorded, "image": ref})  # also tells `make` it is up to date
+        _write_marker(marker_path, {**recorded_build(venv_dir), "image": ref})  # also tells `make` it is up to date
         if announce_reuse:
             progress(f"{venv_dir} is up to date for {ref} ({pins.pins_path.name})")
         return venv_python(venv_dir)
