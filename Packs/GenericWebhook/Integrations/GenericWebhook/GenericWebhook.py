@@ -79,7 +79,9 @@ BODY_TIMEOUT_DETAIL = (
     f"The body was not sent in time (a pause over {BODY_IDLE_TIMEOUT_SECONDS} s, or over "
     f"{BODY_TOTAL_TIMEOUT_SECONDS} s in all): send the whole body promptly."
 )
-INFLATE_STEP_BYTES = 256 * 1024
+INFLATE_STEP_BYTES = 256 * 1024  # output of one inflate step
+INFLATE_INPUT_BYTES = 64 * 1024  # input of one inflate step, at most
+INFLATE_FIRST_INPUT_BYTES = 64  # input of a gzip member's first inflate step
 MAX_JSON_DEPTH = 100
 MAX_BUFFERED_BYTES = 256 * 1024 * 1024  # request bodies held at once, across all requests
 DEFAULT_BIND_HOST = "0.0.0.0"  # the platform reaches the container on its listen port from outside
@@ -725,33 +727,41 @@ def decode_content(body: bytes, content_encoding: str, config: WebhookConfig) ->
         )
     pieces: list[bytes] = []
     size = 0
-    pending = body
+
+    def take(piece: bytes) -> None:
+        nonlocal size
+        size += len(piece)
+        if size > config.max_body_bytes:
+            raise too_large(config, "decompressed body")
+        pieces.append(piece)
+
+    # zlib copies what a call leaves over (unconsumed_tail, unused_data): each call is handed a slice that starts
+    # small for every gzip member and doubles, so the copies stay linear in the body, however many members
+    view = memoryview(body)
+    position = 0  # the first body byte no inflater has consumed
+    step = INFLATE_FIRST_INPUT_BYTES
+    inflater = zlib.decompressobj(wbits)
     try:
-        while True:  # one gzip member after another: log shippers concatenate them
-            inflater = zlib.decompressobj(wbits)
-            while True:  # small steps: a bomb is refused after at most max_body_bytes of output, never more
-                piece = inflater.decompress(pending, INFLATE_STEP_BYTES)
-                size += len(piece)
-                if size > config.max_body_bytes:
-                    raise too_large(config, "decompressed body")
-                pieces.append(piece)
-                pending = inflater.unconsumed_tail
-                if not pending and len(piece) < INFLATE_STEP_BYTES:
-                    break
-            tail = inflater.flush()
-            size += len(tail)
-            pieces.append(tail)
-            if not inflater.eof:
-                raise RequestError(400, "invalid_encoding", f"The {encoding} body is truncated.")
-            pending = inflater.unused_data
-            if not pending:
+        while position < len(body):
+            given = view[position : position + step]
+            # small output steps: a bomb is refused after at most max_body_bytes of output, never more
+            take(inflater.decompress(given, INFLATE_STEP_BYTES))
+            position += len(given) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
+            step = min(2 * step, INFLATE_INPUT_BYTES)
+            if inflater.eof and position < len(body):  # one gzip member after another: log shippers do that
+                if wbits != 31:
+                    raise RequestError(400, "invalid_encoding", f"The {encoding} body has data after its end.")
+                inflater = zlib.decompressobj(wbits)
+                step = INFLATE_FIRST_INPUT_BYTES
+        while not inflater.eof:  # all input given: what the inflater still holds, in the same small steps
+            piece = inflater.decompress(b"", INFLATE_STEP_BYTES)
+            take(piece)
+            if len(piece) < INFLATE_STEP_BYTES:
                 break
-            if wbits != 31:
-                raise RequestError(400, "invalid_encoding", f"The {encoding} body has data after its end.")
+        if not inflater.eof:
+            raise RequestError(400, "invalid_encoding", f"The {encoding} body is truncated.")
     except zlib.error:
         raise RequestError(400, "invalid_encoding", f"The body is not valid {encoding} data.") from None
-    if size > config.max_body_bytes:
-        raise too_large(config, "decompressed body")
     return b"".join(pieces)
 
 
@@ -769,6 +779,8 @@ def _reject_constant(name: str) -> Any:
 
 
 _STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+JSON_WHITESPACE = " \t\n\r"  # JSON's own: what json.loads skips around values
+_JSON_SPACE = re.compile(f"[{JSON_WHITESPACE}]*")
 
 
 def _loads(text: str) -> Any:
@@ -776,11 +788,51 @@ def _loads(text: str) -> Any:
     return _STRICT_DECODER.decode(text)
 
 
-def _load_json(text: str) -> Any:
+def _load_json(text: str, max_items: int) -> Any:
+    """The body's JSON value. A top-level array that could hold more than `max_items` values (more commas than
+    that) is read one item at a time and refused at item max_items + 1, before the rest is built."""
     try:
-        return _loads(text)
+        if text.count(",") < max_items or not text.lstrip(JSON_WHITESPACE).startswith("["):
+            return _loads(text)
+        return _load_array(text, max_items)
     except (ValueError, RecursionError):
         raise RequestError(400, "invalid_json", BAD_JSON_MESSAGE) from None
+
+
+def _load_array(text: str, max_items: int) -> list[Any]:
+    """A JSON array (text starting with `[` after whitespace), item by item with the strict decoder: ValueError
+    for anything json.loads would refuse, 413 too_many_items at item max_items + 1."""
+    skip = _JSON_SPACE.match
+    index = skip(text, skip(text).end() + 1).end()
+    items: list[Any] = []
+    if text.startswith("]", index):
+        index += 1
+    else:
+        while True:
+            value, index = _STRICT_DECODER.raw_decode(text, index)
+            items.append(value)
+            if len(items) > max_items:
+                raise too_many_items(max_items)
+            index = skip(text, index).end()
+            if text.startswith(",", index):
+                index = skip(text, index + 1).end()
+            elif text.startswith("]", index):
+                index += 1
+                break
+            else:
+                raise ValueError(f"expected , or ] at {index}")
+    if skip(text, index).end() != len(text):
+        raise ValueError(f"extra data at {index}")
+    return items
+
+
+def too_many_items(max_items: int, count: int | None = None) -> RequestError:
+    holds = f"{count} events, more than" if count is not None else "more events than"
+    return RequestError(
+        413,
+        "too_many_items",
+        f"The request holds {holds} max_items ({max_items}): send smaller batches, or raise max_items.",
+    )
 
 
 def check_depth(text: str, items: list[dict[str, Any]], always: bool = False) -> None:
@@ -807,16 +859,22 @@ def too_deep(value: Any, start: int = 1) -> bool:
     return False
 
 
-def parse_events(body: bytes, content_type: str) -> tuple[list[dict[str, Any]], list[str]]:
+def parse_events(
+    body: bytes, content_type: str, max_items: int = WebhookConfig.max_items
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The body's events and a label per event. More than `max_items` events: 413 too_many_items, found while
+    parsing (an array or NDJSON body is not built past item max_items + 1)."""
     text = _decode_text(body) if body.strip() else ""
     media_type = content_type.partition(";")[0].strip().lower()
-    items, labels = _parse_text(text, media_type)
+    items, labels = _parse_text(text, media_type, max_items)
+    if len(items) > max_items:
+        raise too_many_items(max_items, len(items))
     # form fields may hold percent-encoded JSON, whose brackets the quick count cannot see
     check_depth(text, items, always=media_type == FORM_TYPE)
     return items, labels
 
 
-def _parse_text(text: str, media_type: str) -> tuple[list[dict[str, Any]], list[str]]:
+def _parse_text(text: str, media_type: str, max_items: int) -> tuple[list[dict[str, Any]], list[str]]:
     """Parses the body into event objects and a label per event for error messages ('' for a lone object).
 
     JSON object or array (any Content-Type not listed below, as the original), NDJSON (one object per line),
@@ -825,7 +883,7 @@ def _parse_text(text: str, media_type: str) -> tuple[list[dict[str, Any]], list[
     if not text:
         raise RequestError(400, "empty_body", "The request body is empty: send a JSON object or an array of objects.")
     if media_type in NDJSON_TYPES:
-        return _parse_ndjson(text)
+        return _parse_ndjson(text, max_items)
     if media_type in (FORM_TYPE, TEXT_TYPE):
         # `curl -d '{...}'` sends JSON labelled as a form, and some senders label JSON text/plain: a body that
         # parses as JSON is taken as JSON, as the original did for every Content-Type.
@@ -833,14 +891,14 @@ def _parse_text(text: str, media_type: str) -> tuple[list[dict[str, Any]], list[
         payload = None
         if text.lstrip().startswith(("{", "[")):
             try:
-                payload = _load_json(text)
+                payload = _load_json(text, max_items)
             except RequestError:
                 if media_type == FORM_TYPE:
                     raise
         if payload is None:
             return [_parse_form(text) if media_type == FORM_TYPE else {TEXT_KEY: text}], [""]
     else:
-        payload = _load_json(text)
+        payload = _load_json(text, max_items)
     if isinstance(payload, dict):
         return [payload], [""]
     if isinstance(payload, list):
@@ -857,7 +915,9 @@ def _parse_text(text: str, media_type: str) -> tuple[list[dict[str, Any]], list[
     )
 
 
-def _parse_ndjson(text: str) -> tuple[list[dict[str, Any]], list[str]]:
+def _parse_ndjson(text: str, max_items: int) -> tuple[list[dict[str, Any]], list[str]]:
+    if text.count("\n") >= max_items and _more_lines_than(text, max_items):
+        raise too_many_items(max_items)
     # split on "\n" only, not splitlines(): U+2028 and friends may sit inside a JSON string
     numbered = [(number, line) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
     if not numbered:
@@ -877,6 +937,22 @@ def _parse_ndjson(text: str) -> tuple[list[dict[str, Any]], list[str]]:
         if not isinstance(item, dict):
             raise RequestError(400, "invalid_item", f"{label} is {_json_kind(item)}: every line must be a JSON object.")
     return items, labels
+
+
+def _more_lines_than(text: str, limit: int) -> bool:
+    """Whether the text has more than `limit` non-blank lines, found without splitting all of it."""
+    count = 0
+    start = 0
+    while start <= len(text):
+        end = text.find("\n", start)
+        if end < 0:
+            end = len(text)
+        if text[start:end].strip():
+            count += 1
+            if count > limit:
+                return True
+        start = end + 1
+    return False
 
 
 def _ndjson_line(number: int, line: str) -> Any:
@@ -1853,14 +1929,7 @@ class WebhookIntake:
         if config.signature is not None:
             verify_signature(config.signature, headers, body, self.clock())
         body = decode_content(body, headers.get(b"content-encoding", b"").decode("latin-1"), config)
-        items, labels = parse_events(body, headers.get(b"content-type", b"").decode("latin-1"))
-        if len(items) > config.max_items:
-            raise RequestError(
-                413,
-                "too_many_items",
-                f"The request holds {len(items)} events, more than max_items ({config.max_items}): send smaller "
-                "batches, or raise max_items.",
-            )
+        items, labels = parse_events(body, headers.get(b"content-type", b"").decode("latin-1"), config.max_items)
         incidents = build_incidents(items, labels, visible_headers(raw_headers, config.hidden_headers), config)
         if not incidents:
             return []
