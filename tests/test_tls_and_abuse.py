@@ -707,3 +707,32 @@ def test_idle_and_slow_clients_do_not_starve_a_normal_client_and_bursts_get_503(
 
     assert instance.process.poll() is None
     assert_no_traceback(instance)
+
+
+@pytest.mark.parametrize(
+    ("peer", "proxies", "forwarded_for", "checked"),
+    [
+        ("127.0.0.1", "", "10.1.1.1", "127.0.0.1"),
+        ("127.0.0.2", "127.0.0.1", "10.1.1.1", "127.0.0.2"),
+        ("127.0.0.1", "127.0.0.1", "10.1.1.1", None),
+        ("172.17.0.1", "172.16.0.0/12", "10.1.1.1", None),
+        ("172.17.0.1", "172.16.0.0/12", "10.1.1.1, 203.0.113.9", "203.0.113.9"),
+        ("172.17.0.1", "", "10.1.1.1", "172.17.0.1"),
+        ("::ffff:172.17.0.1", "172.16.0.0/12", "::ffff:10.1.1.1", None),
+    ],
+)
+def test_forwarded_for_only_from_trusted_proxies(
+    executor: ThreadPoolExecutor, peer: str, proxies: str, forwarded_for: str, checked: str | None
+) -> None:
+    """
+    Given: an in-process app allowing 10.0.0.0/8 with trusted_proxies set (a docker bridge, one address, none)
+    When: a POST arrives from that peer with X-Forwarded-For
+    Then: only from a trusted proxy is the last entry the address checked; otherwise the peer is.
+    """
+    params = {"allowed_cidrs": "10.0.0.0/8", "trusted_proxies": proxies}
+    answer = asgi_request(executor, params, peer, headers={"X-Forwarded-For": forwarded_for})
+    if checked is None:
+        assert answer.status_code == 200, answer.text
+    else:
+        assert answer.status_code == 403, answer.text
+        assert answer.json()["detail"] == f"Address {checked} is not in allowed_cidrs."

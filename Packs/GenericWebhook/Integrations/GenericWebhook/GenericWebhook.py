@@ -84,6 +84,8 @@ INFLATE_INPUT_BYTES = 64 * 1024  # input of one inflate step, at most
 INFLATE_FIRST_INPUT_BYTES = 64  # input of a gzip member's first inflate step
 MAX_JSON_DEPTH = 100
 MAX_BUFFERED_BYTES = 256 * 1024 * 1024  # request bodies held at once, across all requests
+DEFAULT_TRUSTED_PROXIES_TEXT = "127.0.0.0/8, ::1"  # the reroute connects from the same host
+DEFAULT_TRUSTED_PROXIES = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
 DEFAULT_BIND_HOST = "0.0.0.0"  # the platform reaches the container on its listen port from outside
 BIND_HOST_ENV = "GENERIC_WEBHOOK_BIND_HOST"
 TEXT_KEY = "text"  # where a text/plain body goes in the raw event
@@ -201,6 +203,8 @@ class WebhookConfig:
     batch_max_wait_ms: float = BATCH_MAX_WAIT_MS
     ca_certificate: str = ""
     allowed_networks: tuple = ()
+    # peers whose last X-Forwarded-For entry is the caller's address: the reroute, on the same host
+    trusted_proxies: tuple = DEFAULT_TRUSTED_PROXIES
     metrics_enabled: bool = False
     keep_alive_seconds: int = KEEP_ALIVE_SECONDS
     mapping: FieldMapping = field(default_factory=FieldMapping)
@@ -282,6 +286,9 @@ class WebhookConfig:
             ),
             ca_certificate=ca_certificate,
             allowed_networks=_parse_networks(params.get("allowed_cidrs"), problems),
+            trusted_proxies=_parse_networks(
+                params.get("trusted_proxies", DEFAULT_TRUSTED_PROXIES_TEXT), problems, "trusted_proxies"
+            ),
             metrics_enabled=_bool_param(params, "metrics_enabled", problems),
             keep_alive_seconds=int(
                 _number_param(params, "keep_alive_seconds", KEEP_ALIVE_SECONDS, problems, minimum=1, maximum=3600)
@@ -475,7 +482,7 @@ def _is_header_token(name: str) -> bool:
     return all(c in _TOKEN_CHARS for c in name)
 
 
-def _parse_networks(value: Any, problems: list[str]) -> tuple:
+def _parse_networks(value: Any, problems: list[str], param: str = "allowed_cidrs") -> tuple:
     networks = []
     for entry in str(value or "").replace("\n", ",").split(","):
         if not entry.strip():
@@ -484,8 +491,7 @@ def _parse_networks(value: Any, problems: list[str]) -> tuple:
             networks.append(ipaddress.ip_network(entry.strip(), strict=False))
         except ValueError:
             problems.append(
-                f"allowed_cidrs entry `{entry.strip()}` is not an address or CIDR such as 203.0.113.0/24 "
-                "or 2001:db8::/32."
+                f"{param} entry `{entry.strip()}` is not an address or CIDR such as 203.0.113.0/24 or 2001:db8::/32."
             )
     return tuple(networks)
 
@@ -1795,9 +1801,11 @@ class _TimeoutShim:
 body_timeout = getattr(asyncio, "timeout", _TimeoutShim)
 
 
-def client_address(scope: dict) -> str:
-    """The caller's address: the socket peer, or the last X-Forwarded-For hop when the peer is the platform's
-    reroute (a loopback address: the server forwards to the listen port from the same host)."""
+def client_address(scope: dict, trusted_proxies: tuple = DEFAULT_TRUSTED_PROXIES) -> str:
+    """The caller's address: the socket peer, or, when the peer is a trusted proxy (by default the platform's
+    reroute, which connects from loopback on the same host), the last X-Forwarded-For entry: the one that proxy
+    added. Only that one hop is believed, never an entry further left, which the caller could have written.
+    Several X-Forwarded-For lines count as one list (RFC 9110), so the last entry is the last line's."""
     peer = (scope.get("client") or ("",))[0]
     try:
         peer_ip = ipaddress.ip_address(peer)
@@ -1805,16 +1813,23 @@ def client_address(scope: dict) -> str:
         return peer
     peer_ip = getattr(peer_ip, "ipv4_mapped", None) or peer_ip
     peer = str(peer_ip)
-    from_reroute = peer_ip.is_loopback
-    if from_reroute:
-        for key, value in scope["headers"]:
-            if key == b"x-forwarded-for":
-                forwarded = value.decode("latin-1").rsplit(",", 1)[-1].strip()
-                try:
-                    return str(ipaddress.ip_address(forwarded))
-                except ValueError:
-                    return peer
-    return peer
+    if not in_networks(peer_ip, trusted_proxies):
+        return peer
+    forwarded = None
+    for key, value in scope["headers"]:
+        if key == b"x-forwarded-for":
+            forwarded = value
+    if forwarded is None:
+        return peer
+    try:
+        address = ipaddress.ip_address(forwarded.decode("latin-1").rsplit(",", 1)[-1].strip())
+    except ValueError:
+        return peer
+    return str(getattr(address, "ipv4_mapped", None) or address)
+
+
+def in_networks(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple) -> bool:
+    return any(ip.version == network.version and ip in network for network in networks)
 
 
 def check_allowed(config: WebhookConfig, address: str) -> None:
@@ -1825,7 +1840,7 @@ def check_allowed(config: WebhookConfig, address: str) -> None:
         ip = getattr(ip, "ipv4_mapped", None) or ip
     except ValueError:
         ip = None
-    if ip is None or not any(ip.version == network.version and ip in network for network in config.allowed_networks):
+    if ip is None or not in_networks(ip, config.allowed_networks):
         raise RequestError(403, "forbidden", f"Address {address} is not in allowed_cidrs.")
 
 
@@ -1889,7 +1904,7 @@ class WebhookIntake:
 
     async def handle(self, scope: dict, receive: Callable) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         try:
-            address = client_address(scope) if self.needs_address else ""
+            address = client_address(scope, self.config.trusted_proxies) if self.needs_address else ""
             check_allowed(self.config, address)
             self.admission.enter(address)
         except RequestError as error:
@@ -1979,7 +1994,7 @@ class WebhookIntake:
             if not config.metrics_enabled:
                 return error_response(404, "not_found", "Metrics are off: turn on metrics_enabled to serve them.")
             try:
-                check_allowed(config, client_address(request.scope))
+                check_allowed(config, client_address(request.scope, config.trusted_proxies))
                 authenticate(config, dict(request.scope["headers"]))
             except RequestError as error:
                 metrics.count_error(error)

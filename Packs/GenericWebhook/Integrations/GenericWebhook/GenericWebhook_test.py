@@ -1651,6 +1651,7 @@ def test_metrics_off_by_default(make_client):
         ({"max_body_mb": "0"}, "max_body_mb"),
         ({"max_body_mb": "lots"}, "max_body_mb"),
         ({"max_items": "1.5"}, "max_items"),
+        ({"trusted_proxies": "127.0.0.1, reroute.local"}, "trusted_proxies entry `reroute.local`"),
         ({"max_in_flight": "0"}, "max_in_flight"),
         ({"keep_alive_seconds": "0"}, "keep_alive_seconds `0` must be an integer from 1 to 3600"),
         ({"keep_alive_seconds": "5000"}, "keep_alive_seconds `5000` must be an integer from 1 to 3600"),
