@@ -7,9 +7,14 @@ attack and checks, next to it, that a normal sender's request is still answered 
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
+import hmac
 import json
 import socket
+import time
+import urllib.parse
 from pathlib import Path
 
 import httpx
@@ -157,3 +162,152 @@ def test_an_empty_trusted_proxies_believes_no_forwarded_for(launch: Launcher) ->
     instance = serving(launch, allowed_cidrs="10.0.0.0/8", trusted_proxies="")
     status, answer = raw_post(instance.port, [("X-Token", "right-token"), ("X-Forwarded-For", "10.9.8.7")])
     assert (status, answer["detail"]) == (403, "Address 127.0.0.1 is not in allowed_cidrs.")
+
+
+# --- findings 3 and 10: duplicate detection ---
+
+SW_KEY = bytes(range(32))
+SW_SECRET = "whsec_" + base64.b64encode(SW_KEY).decode()
+SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+
+
+def standard_webhooks_headers(body: bytes, family: str = "webhook") -> dict[str, str]:
+    message_id, timestamp = "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", str(int(time.time()))
+    signature = hmac.new(SW_KEY, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return {
+        f"{family}-id": message_id,
+        f"{family}-timestamp": timestamp,
+        f"{family}-signature": "v1," + base64.b64encode(signature).decode(),
+    }
+
+
+def slack_headers(body: bytes) -> dict[str, str]:
+    timestamp = str(int(time.time()))
+    signature = hmac.new(SLACK_SECRET.encode(), f"v0:{timestamp}:".encode() + body, hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": f"v0={signature}"}
+
+
+def post(instance: Instance, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    response = httpx.post(instance.base_url + "/", content=body, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def ids(response: httpx.Response) -> list[str]:
+    """The incident ids an answer names (a duplicate is answered with a summary of what the first one created)."""
+    return [incident["id"] for incident in response.json()]
+
+
+def stored_names(instance: Instance) -> list[str]:
+    return sorted(incident["name"] for incident in instance.store.list_incidents())
+
+
+def test_a_standard_webhooks_replay_under_the_other_header_family_is_a_duplicate(launch: Launcher) -> None:
+    """
+    Given an instance verifying Standard Webhooks with dedup_key header:webhook-id
+    When a signed delivery (webhook-* headers) is captured and re-sent within the tolerance with its headers
+         renamed to svix-* (which the signature check also accepts)
+    Then the replay is recognised as the same delivery: one incident, and the replay's answer is the first one's
+         (the key was read from the absent webhook-id header, so every replay was a new incident).
+    """
+    instance = launch(
+        {"signature_scheme": "Standard Webhooks", "signature_secret": SW_SECRET, "dedup_key": "header:webhook-id"}
+    )
+    with httpx.Client() as client:
+        instance.wait_serving(client)
+    body = json.dumps({"name": "sw delivery", "type": "invoice.paid"}).encode()
+    headers = {"Content-Type": "application/json", **standard_webhooks_headers(body)}
+    first = post(instance, body, headers)
+    renamed = {key.replace("webhook-", "svix-"): value for key, value in headers.items()}
+    replay = post(instance, body, renamed)
+    assert ids(replay) == ids(first)
+    assert stored_names(instance) == ["sw delivery"]
+
+
+def test_a_slack_form_replayed_as_text_plain_is_a_duplicate(launch: Launcher) -> None:
+    """
+    Given an instance verifying Slack signatures with dedup_key payload.id
+    When a signed form body (`payload=<json>`) is re-sent within the tolerance as text/plain (Content-Type is
+         not signed, and a text body has no `payload.id`)
+    Then it is recognised as a replay of the signed message: one incident (it was created again). A new signed
+         delivery of the same event is still recognised by its key, and a different event is created.
+    """
+    instance = launch({"signature_scheme": "Slack", "signature_secret": SLACK_SECRET, "dedup_key": "payload.id"})
+    with httpx.Client() as client:
+        instance.wait_serving(client)
+    body = b"payload=" + urllib.parse.quote(json.dumps({"id": "A1", "type": "block_actions"})).encode()
+    form = {"Content-Type": "application/x-www-form-urlencoded", **slack_headers(body)}
+    first = post(instance, body, form)
+    replay = post(instance, body, {**form, "Content-Type": "text/plain"})
+    assert ids(replay) == ids(first)
+    assert len(instance.store.list_incidents()) == 1
+    other = b"payload=" + urllib.parse.quote(json.dumps({"id": "A2", "type": "block_actions"})).encode()
+    post(instance, other, {"Content-Type": "application/x-www-form-urlencoded", **slack_headers(other)})
+    assert len(instance.store.list_incidents()) == 2
+
+
+def test_a_signed_request_replayed_within_the_tolerance_is_a_duplicate_without_a_dedup_key(launch: Launcher) -> None:
+    """
+    Given an instance verifying Stripe signatures, with no dedup_key
+    When a signed delivery is re-sent as captured (within the timestamp tolerance)
+    Then the replay creates nothing and gets the first answer; a new delivery of the same body, signed anew with
+         another timestamp, is a new event.
+    """
+    secret = "whsec_stripe_test_signing_secret"
+    instance = launch({"signature_scheme": "Stripe", "signature_secret": secret})
+    with httpx.Client() as client:
+        instance.wait_serving(client)
+    body = json.dumps({"id": "evt_1", "name": "stripe event"}).encode()
+
+    def stripe_headers(timestamp: int) -> dict[str, str]:
+        signature = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+        return {"Content-Type": "application/json", "Stripe-Signature": f"t={timestamp},v1={signature}"}
+
+    now = int(time.time())
+    first = post(instance, body, stripe_headers(now))
+    assert ids(post(instance, body, stripe_headers(now))) == ids(first)
+    assert len(instance.store.list_incidents()) == 1
+    post(instance, body, stripe_headers(now - 1))
+    assert len(instance.store.list_incidents()) == 2
+
+
+def test_an_anonymous_instance_keeps_each_senders_dedup_keys_apart(launch: Launcher) -> None:
+    """
+    Given an instance with no credentials and no signature, dedup_key id, reached through the reroute (loopback,
+          the caller's address in X-Forwarded-For)
+    When sender A posts {id: evt-1} and then sender B, on another address, posts its own {id: evt-1}
+    Then B's event is created and B's answer holds B's incident only (B got A's incident id, name and severity,
+         and B's event was suppressed); A's own retry is still a duplicate answered with A's incident.
+    """
+    instance = launch({"dedup_key": "id"})
+    with httpx.Client() as client:
+        instance.wait_serving(client)
+
+    def send(address: str, name: str) -> httpx.Response:
+        event = json.dumps({"id": "evt-1", "name": name, "severity": 4}).encode()
+        return post(instance, event, {"Content-Type": "application/json", "X-Forwarded-For": address})
+
+    first = send("203.0.113.1", "A's event")
+    other = send("198.51.100.2", "B's event")
+    assert [incident["name"] for incident in other.json()] == ["B's event"]
+    assert other.json()[0]["id"] != first.json()[0]["id"]
+    assert ids(send("203.0.113.1", "A's retry")) == ids(first)
+    assert stored_names(instance) == ["A's event", "B's event"]
+
+
+def test_senders_sharing_a_token_are_one_principal_for_dedup(launch: Launcher) -> None:
+    """
+    Given an instance with a header token and dedup_key id
+    When two addresses that both hold the token post the same id
+    Then the second is a duplicate of the first (the model: one token, one principal), as documented.
+    """
+    instance = serving(launch, dedup_key="id")
+    event = json.dumps({"id": "evt-1", "name": "first"}).encode()
+    first = post(
+        instance, event, {**TOKEN_HEADER, "Content-Type": "application/json", "X-Forwarded-For": "203.0.113.1"}
+    )
+    second = post(
+        instance, event, {**TOKEN_HEADER, "Content-Type": "application/json", "X-Forwarded-For": "198.51.100.2"}
+    )
+    assert ids(second) == ids(first)
+    assert stored_names(instance) == ["first"]

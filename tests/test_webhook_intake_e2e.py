@@ -192,7 +192,8 @@ def test_sigterm_writes_pending_samples_and_seen_keys(launch: Launcher):
     """
     Given an instance with samples and a dedup header, whose context writes are at most once a second
     When two deliveries arrive within that second and the process gets SIGTERM (how docker stops it)
-    Then both seen keys and both samples are in the integration context after it exits.
+    Then both seen keys (scoped to the caller's address: the instance has no credentials) and both samples are
+         in the integration context after it exits.
     """
     instance = serving(launch, dedup_key="header:X-Id", store_samples="true")
     with httpx.Client() as client:
@@ -203,7 +204,7 @@ def test_sigterm_writes_pending_samples_and_seen_keys(launch: Launcher):
     instance.process.send_signal(signal.SIGTERM)
     instance.wait_exit(timeout=20)
     context, _ = instance.store.get_integration_context(instance.name)
-    assert set(json.loads(context["dedup_keys"])) == {"h:id-1", "h:id-2"}
+    assert set(json.loads(context["dedup_keys"])) == {"a:127.0.0.1|h:id-1", "a:127.0.0.1|h:id-2"}
     assert [sample["name"] for sample in json.loads(context["sample_events"])] == ["event 1", "event 2"]
 
 

@@ -117,6 +117,9 @@ SIGNATURE_SCHEMES = ("None", "Generic HMAC", "GitHub", "Slack", "Stripe", "Stand
 # Shortest keys accepted: the Standard Webhooks specification's (a 24 to 64 byte key, base64 after `whsec_`), and
 # 16 bytes for a generic HMAC secret (below that, a key can be searched for).
 STANDARD_WEBHOOKS_MIN_KEY_BYTES = 24
+STANDARD_WEBHOOKS_ID_HEADERS = frozenset({"webhook-id", "svix-id"})
+TIMESTAMPED_SCHEMES = frozenset({"Slack", "Stripe", "Standard Webhooks"})  # their signatures cover a timestamp
+REPLAY_KEY_PREFIX = "s:"
 GENERIC_HMAC_MIN_SECRET_BYTES = 16
 SIGNATURE_ALGORITHMS = ("sha1", "sha256", "sha512")
 SIGNATURE_ENCODINGS = ("hex", "base64")
@@ -222,7 +225,17 @@ class WebhookConfig:
 
     @property
     def dedup_enabled(self) -> bool:
-        return bool(self.dedup_header or self.dedup_path)
+        """Whether repeats are looked for: a dedup_key is set, or a signature scheme signs a timestamp (then a
+        replay of a signed request within its tolerance is recognised)."""
+        return bool(self.dedup_header or self.dedup_path) or self.replay_window > 0
+
+    @property
+    def replay_window(self) -> int:
+        """How long a signed message can be accepted, so how long its replay key is kept: its timestamp may be up
+        to the tolerance ahead of or behind the clock. 0 when no timestamp is signed."""
+        if self.signature is None or self.signature.scheme not in TIMESTAMPED_SCHEMES:
+            return 0
+        return 2 * self.signature.tolerance
 
     @cached_property
     def hidden_headers(self) -> frozenset[str]:
@@ -634,9 +647,26 @@ def _from_hex(value: bytes, header: str) -> bytes:
         raise _signature_error("signature_malformed", f"The {header} signature is not hexadecimal.") from None
 
 
-def verify_signature(signature: SignatureConfig, headers: dict[bytes, bytes], body: bytes, now: float) -> None:
+@dataclass(frozen=True)
+class Signed:
+    """What a verified signature covered: the signed message (timestamp and body, as the scheme joins them) and,
+    for Standard Webhooks, the signed message id. Duplicate detection takes its keys from these, never from
+    headers the signature does not cover."""
+
+    message: bytes = field(repr=False)
+    timestamped: bool
+    message_id: str | None = None
+
+    def replay_key(self) -> str | None:
+        """For a scheme that signs a timestamp: the same signed message again is a replay, whatever its unsigned
+        headers say (renamed header family, another Content-Type). Without a timestamp, the same body may be a
+        new event (a heartbeat), so there is no replay key."""
+        return f"{REPLAY_KEY_PREFIX}{hashlib.sha256(self.message).hexdigest()}" if self.timestamped else None
+
+
+def verify_signature(signature: SignatureConfig, headers: dict[bytes, bytes], body: bytes, now: float) -> Signed:
     """Checks the sender's signature over the exact body bytes received; raises a 401 RequestError naming
-    the check that failed (missing header, bad format, stale timestamp, mismatch)."""
+    the check that failed (missing header, bad format, stale timestamp, mismatch). Returns what was signed."""
     scheme = signature.scheme
     secret = signature.secret
     if scheme == "GitHub":
@@ -646,17 +676,19 @@ def verify_signature(signature: SignatureConfig, headers: dict[bytes, bytes], bo
             raise _signature_error("signature_malformed", f"The {name} header must start with `sha256=`.")
         if not hmac.compare_digest(_hmac(secret, body), _from_hex(value[7:], name)):
             raise _mismatch(name)
-    elif scheme == "Slack":
+        return Signed(body, timestamped=False)
+    if scheme == "Slack":
         name = "X-Slack-Signature"
         value = _required_header(headers, name)
         timestamp = _required_header(headers, "X-Slack-Request-Timestamp")
         if not value.startswith(b"v0="):
             raise _signature_error("signature_malformed", f"The {name} header must start with `v0=`.")
         _check_timestamp(timestamp, "X-Slack-Request-Timestamp", signature.tolerance, now)
-        expected = _hmac(secret, b"v0:" + timestamp + b":" + body)
-        if not hmac.compare_digest(expected, _from_hex(value[3:], name)):
+        message = b"v0:" + timestamp + b":" + body
+        if not hmac.compare_digest(_hmac(secret, message), _from_hex(value[3:], name)):
             raise _mismatch(name)
-    elif scheme == "Stripe":
+        return Signed(message, timestamped=True)
+    if scheme == "Stripe":
         name = "Stripe-Signature"
         parts = [part.strip().partition(b"=") for part in _required_header(headers, name).split(b",")]
         timestamps = [value for key, _, value in parts if key == b"t"]
@@ -664,9 +696,11 @@ def verify_signature(signature: SignatureConfig, headers: dict[bytes, bytes], bo
         if len(timestamps) != 1 or not signatures:
             raise _signature_error("signature_malformed", f"The {name} header must be `t=<time>,v1=<signature>`.")
         _check_timestamp(timestamps[0], name, signature.tolerance, now)
-        if not _any_matches(_hmac(secret, timestamps[0] + b"." + body), signatures):
+        message = timestamps[0] + b"." + body
+        if not _any_matches(_hmac(secret, message), signatures):
             raise _mismatch(name)
-    elif scheme == "Standard Webhooks":
+        return Signed(message, timestamped=True)
+    if scheme == "Standard Webhooks":
         prefix = "svix" if b"svix-signature" in headers and b"webhook-signature" not in headers else "webhook"
         name = f"{prefix}-signature"
         message_id = _required_header(headers, f"{prefix}-id")
@@ -683,9 +717,11 @@ def verify_signature(signature: SignatureConfig, headers: dict[bytes, bytes], bo
                     raise _signature_error("signature_malformed", f"A v1 signature in {name} is not base64.") from None
         if not candidates:
             raise _signature_error("signature_malformed", f"The {name} header has no `v1,<base64>` signature.")
-        if not _any_matches(_hmac(secret, message_id + b"." + timestamp + b"." + body), candidates):
+        message = message_id + b"." + timestamp + b"." + body
+        if not _any_matches(_hmac(secret, message), candidates):
             raise _mismatch(name)
-    elif scheme == "Generic HMAC":
+        return Signed(message, timestamped=True, message_id=message_id.decode("latin-1"))
+    if scheme == "Generic HMAC":
         name = signature.header
         value = _required_header(headers, name)
         prefix = signature.prefix.encode("utf-8")
@@ -701,6 +737,8 @@ def verify_signature(signature: SignatureConfig, headers: dict[bytes, bytes], bo
                 raise _signature_error("signature_malformed", f"The {name} signature is not base64.") from None
         if not hmac.compare_digest(_hmac(secret, body, signature.algorithm), given):
             raise _mismatch(name)
+        return Signed(body, timestamped=False)
+    raise ConfigError(f"signature_scheme `{scheme}` is unknown.")  # from_params refuses it first
 
 
 """ BODY DECODING AND PARSING (no demisto calls here) """
@@ -1221,26 +1259,69 @@ class Unit:
     """Incidents that are created together or recognised together as a repeat of an earlier delivery."""
 
     incidents: list[dict[str, Any]]
-    key: str | None = None
+    key: str | None = None  # the dedup_key's value
+    replay_key: str | None = None  # the signed message's (timestamped schemes), with the unit's place in it
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The keys under which this unit is a repeat: seen under either, it is not created again."""
+        return tuple(key for key in (self.key, self.replay_key) if key is not None)
 
 
 def delivery_units(
-    incidents: list[dict[str, Any]], items: list[dict[str, Any]], headers: dict[bytes, bytes], config: WebhookConfig
+    incidents: list[dict[str, Any]],
+    items: list[dict[str, Any]],
+    headers: dict[bytes, bytes],
+    config: WebhookConfig,
+    signed: Signed | None = None,
+    scope: str = "",
 ) -> list[Unit]:
-    """A header dedup key covers the whole request; a body-path key covers each event on its own."""
+    """A header dedup key covers the whole request; a body-path key covers each event on its own. A request
+    signed with a timestamp also has a replay key per unit. Every key is prefixed with `scope`: the principal
+    whose keys these are (see dedup_scope)."""
+    replay = signed.replay_key() if signed is not None else None
     if config.dedup_header:
-        key = headers.get(config.dedup_header.encode("latin-1"))
-        return [Unit(incidents, f"h:{key.decode('latin-1')}" if key else None)]
+        return [
+            Unit(
+                incidents,
+                _scoped(scope, "h:", _dedup_header_value(config, headers, signed)),
+                _scoped(scope, "", replay),
+            )
+        ]
     if config.dedup_path:
         units = []
-        for incident, item in zip(incidents, items, strict=True):
+        for position, (incident, item) in enumerate(zip(incidents, items, strict=True)):
             value = resolve_path(_raw_event(item), config.dedup_path)
             if value is None:
                 value = resolve_path(item, config.dedup_path)
-            key = None if value is None or isinstance(value, dict | list) else f"p:{value}"
-            units.append(Unit([incident], key))
+            key = None if value is None or isinstance(value, dict | list) else str(value)
+            replay_key = f"{replay}#{position}" if replay else None
+            units.append(Unit([incident], _scoped(scope, "p:", key), _scoped(scope, "", replay_key)))
         return units
-    return [Unit(incidents)]
+    return [Unit(incidents, None, _scoped(scope, "", replay))]
+
+
+def _scoped(scope: str, kind: str, value: str | None) -> str | None:
+    return None if value is None else f"{scope}{kind}{value}"
+
+
+def _dedup_header_value(config: WebhookConfig, headers: dict[bytes, bytes], signed: Signed | None) -> str | None:
+    """The dedup header's value; for Standard Webhooks' id header (`webhook-id` or `svix-id`, either family),
+    the message id the signature covered, never an unsigned header of the other family."""
+    if signed is not None and signed.message_id is not None and config.dedup_header in STANDARD_WEBHOOKS_ID_HEADERS:
+        return signed.message_id
+    value = headers.get(config.dedup_header.encode("latin-1"))
+    return value.decode("latin-1") if value else None
+
+
+def dedup_scope(config: WebhookConfig, address: str) -> str:
+    """Whose dedup keys a request's are. With credentials or a signature, every request that passes them is the
+    same principal (senders sharing a token are one): keys are the instance's. Without either, anyone can post,
+    so each client address has keys of its own: no caller can suppress another address's events by posting their
+    ids first, nor read what another address's delivery created by re-sending its id."""
+    if config.auth_mode != "none" or config.signature is not None or config.ca_certificate:
+        return ""
+    return f"a:{address}|"
 
 
 """ SAMPLES AND SEEN DELIVERIES """
@@ -1324,9 +1405,15 @@ class SeenDeliveries:
     Bounded: at most max_keys keys and max_summaries incident summaries in all (the oldest keys go first)."""
 
     def __init__(
-        self, stored: Any, window: int, max_keys: int = MAX_DEDUP_KEYS, max_summaries: int = MAX_DEDUP_SUMMARIES
+        self,
+        stored: Any,
+        window: int,
+        max_keys: int = MAX_DEDUP_KEYS,
+        max_summaries: int = MAX_DEDUP_SUMMARIES,
+        replay_window: int = 0,
     ) -> None:
         self.window = window
+        self.replay_window = replay_window  # for replay keys: a signed message is stale after this
         self.max_keys = max_keys
         self.max_summaries = max_summaries
         self.summaries = 0
@@ -1342,16 +1429,19 @@ class SeenDeliveries:
         while self.entries:
             key, (seen, incidents) = next(iter(self.entries.items()))
             within = len(self.entries) <= self.max_keys and self.summaries <= self.max_summaries
-            if now - seen <= self.window and within:
+            if now - seen <= self.window_of(key) and within:
                 break
             del self.entries[key]
             self.summaries -= len(incidents)
             changed = True
         return changed
 
+    def window_of(self, key: str) -> int:
+        return self.replay_window if key.startswith(REPLAY_KEY_PREFIX) else self.window
+
     def get(self, key: str, now: float) -> list[dict[str, Any]] | None:
         entry = self.entries.get(key)
-        return entry[1] if entry is not None and now - entry[0] <= self.window else None
+        return entry[1] if entry is not None and now - entry[0] <= self.window_of(key) else None
 
     def record(self, key: str, created: list[dict[str, Any]], now: float) -> None:
         summary = [{name: incident[name] for name in SUMMARY_FIELDS if name in incident} for incident in created]
@@ -1401,15 +1491,19 @@ class IncidentSink:
         results: list[UnitResult | None] = [None] * len(units)
         creating: dict[str, int] = {}  # dedup key -> unit that creates it in this batch
         to_create: list[int] = []
+        repeats: dict[int, int] = {}  # unit -> the unit of this batch that creates what it repeats
         for position, unit in enumerate(units):
-            if unit.key is not None and self.seen is not None:
-                earlier = self.seen.get(unit.key, now)
-                if earlier is not None:
-                    results[position] = UnitResult(earlier, duplicate=True)
-                    continue
-                if unit.key in creating:
-                    continue  # answered below with what the first unit of this batch created
-                creating[unit.key] = position
+            keys = unit.keys if self.seen is not None else ()
+            earlier = next((found for key in keys if (found := self.seen.get(key, now)) is not None), None)  # type: ignore[union-attr]
+            if earlier is not None:
+                results[position] = UnitResult(earlier, duplicate=True)
+                continue
+            first = next((creating[key] for key in keys if key in creating), None)
+            if first is not None:
+                repeats[position] = first  # answered below with what that unit created
+                continue
+            for key in keys:
+                creating[key] = position
             to_create.append(position)
 
         incidents = [incident for position in to_create for incident in units[position].incidents]
@@ -1424,9 +1518,8 @@ class IncidentSink:
             count = len(units[position].incidents)
             results[position] = UnitResult([item for item in created[offset : offset + count] if item])
             offset += count
-        for position, unit in enumerate(units):
-            if results[position] is None and unit.key is not None:
-                results[position] = UnitResult(results[creating[unit.key]].incidents, duplicate=True)  # type: ignore
+        for position, first in repeats.items():
+            results[position] = UnitResult(results[first].incidents, duplicate=True)  # type: ignore[union-attr]
         try:
             self._remember(units, results, incidents, now)
         except Exception as error:  # the incidents exist: this must not turn the answer into a failure
@@ -1440,7 +1533,11 @@ class IncidentSink:
         if self.config.store_samples:
             self.samples = SampleBuffer(load_samples(context))
         if self.config.dedup_enabled:
-            self.seen = SeenDeliveries(_context_json(context, DEDUP_KEYS_KEY, {}), self.config.dedup_window)
+            self.seen = SeenDeliveries(
+                _context_json(context, DEDUP_KEYS_KEY, {}),
+                self.config.dedup_window,
+                replay_window=self.config.replay_window,
+            )
 
     def _remember(
         self, units: list[Unit], results: list[UnitResult | None], sent: list[dict[str, Any]], now: float
@@ -1448,9 +1545,10 @@ class IncidentSink:
         if self.seen is not None:
             self.seen_changed |= self.seen.expire(now)
             for unit, result in zip(units, results, strict=True):
-                if unit.key is not None and result is not None and not result.duplicate:
-                    self.seen.record(unit.key, result.incidents, now)
-                    self.seen_changed = True
+                if result is not None and not result.duplicate:
+                    for key in unit.keys:
+                        self.seen.record(key, result.incidents, now)
+                        self.seen_changed = True
         if self.samples is not None and sent:  # samples are the incidents as sent, in the original's shape
             self.pending_samples = (self.pending_samples + sent)[-self.samples.max_count :]
         if now - self.last_write >= CONTEXT_WRITE_INTERVAL_SECONDS:
@@ -1865,7 +1963,8 @@ class WebhookIntake:
         self.log_access = log_access
         self.clock = clock
         self.admission = Admission(config.max_in_flight, config.rate_limit_per_minute)
-        self.needs_address = bool(config.allowed_networks or config.rate_limit_per_minute)
+        anonymous_dedup = config.dedup_enabled and dedup_scope(config, "") != ""  # keys per client address
+        self.needs_address = bool(config.allowed_networks or config.rate_limit_per_minute or anonymous_dedup)
         self.keep_alive_header = (b"keep-alive", f"timeout={config.keep_alive_seconds}".encode())
         self.other_routes = RequestMonitor(self._other_routes(), log_access, metrics, self.keep_alive_header)
         self.head_too_large = RequestMonitor(headers_too_large_app, log_access, metrics, self.keep_alive_header)
@@ -1917,7 +2016,7 @@ class WebhookIntake:
             held += size
 
         try:
-            created = await self.receive_events(scope, receive, hold)
+            created = await self.receive_events(scope, receive, hold, address)
         except RequestError as error:
             self.metrics.count_error(error)
             return self._error(error)
@@ -1934,22 +2033,24 @@ class WebhookIntake:
         headers = [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in error.headers.items()]
         return error.status, headers, json.dumps({"error": error.error, "detail": error.detail}).encode()
 
-    async def receive_events(self, scope: dict, receive: Callable, hold: Callable[[int], None]) -> list[dict[str, Any]]:
+    async def receive_events(
+        self, scope: dict, receive: Callable, hold: Callable[[int], None], address: str = ""
+    ) -> list[dict[str, Any]]:
         config = self.config
         raw_headers = scope["headers"]
         headers = dict(raw_headers)
         authenticate(config, headers)
         body = await read_body(scope, receive, headers, config, hold)
         self.metrics.bytes_received += len(body)
-        if config.signature is not None:
-            verify_signature(config.signature, headers, body, self.clock())
+        signed = verify_signature(config.signature, headers, body, self.clock()) if config.signature else None
         body = decode_content(body, headers.get(b"content-encoding", b"").decode("latin-1"), config)
         items, labels = parse_events(body, headers.get(b"content-type", b"").decode("latin-1"), config.max_items)
         incidents = build_incidents(items, labels, visible_headers(raw_headers, config.hidden_headers), config)
         if not incidents:
             return []
         try:
-            results = await self.batcher.submit(delivery_units(incidents, items, headers, config))
+            units = delivery_units(incidents, items, headers, config, signed, dedup_scope(config, address))
+            results = await self.batcher.submit(units)
         except Exception as error:
             self.log_error(f"Generic Webhook: createIncidents failed, answered 503 so the sender retries: {error}")
             raise RequestError(

@@ -1142,6 +1142,58 @@ def test_seen_summaries_are_bounded_in_all():
     assert seen.summaries == 4
 
 
+def test_replay_keys_last_twice_the_timestamp_tolerance():
+    """
+    Given seen deliveries with a one-day dedup window and a 600 s replay window (tolerance 300 s)
+    When a dedup key and a replay key are recorded at t=0
+    Then at t=601 the replay key is gone (a signed message that old is stale anyway) and the dedup key remains.
+    """
+    seen = GenericWebhook.SeenDeliveries({}, window=86400, replay_window=600)
+    seen.record("h:id-1", [{"id": "1"}], now=0.0)
+    seen.record("s:abc", [{"id": "1"}], now=0.0)
+    assert seen.get("s:abc", now=600.0) is not None
+    assert seen.get("s:abc", now=601.0) is None
+    assert seen.get("h:id-1", now=601.0) is not None
+    config = WebhookConfig.from_params({**PORT_PARAMS, "signature_scheme": "Slack", "signature_secret": "x" * 32})
+    assert (config.replay_window, config.dedup_enabled) == (600, True)
+
+
+@pytest.mark.parametrize("scheme", ["GitHub", "Generic HMAC"])
+def test_identical_bodies_signed_without_a_timestamp_are_separate_events(make_client, mocker, scheme):
+    """
+    Given an instance verifying a scheme whose signature covers no timestamp (GitHub, Generic HMAC), no dedup_key
+    When the same signed body arrives twice (a heartbeat sender does that)
+    Then both are created: without a timestamp the same body may be a new event, so there is no replay key.
+    """
+    create = mocker.spy(demisto, "createIncidents")
+    secret = "a-signing-secret-of-32-bytes-xyz"
+    params = {"signature_scheme": scheme, "signature_secret": secret}
+    if scheme == "Generic HMAC":
+        params["signature_header"] = "X-Signature"
+    client = make_client(**params)
+    body = b'{"name": "heartbeat"}'
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    header = {"X-Hub-Signature-256": f"sha256={digest}"} if scheme == "GitHub" else {"X-Signature": digest}
+    for _ in range(2):
+        assert client.post("/", content=body, headers={"Content-Type": "application/json", **header}).status_code == 200
+    assert create.call_count == 2
+    assert not WebhookConfig.from_params({**PORT_PARAMS, **params}).dedup_enabled
+
+
+def test_dedup_keys_of_an_anonymous_instance_are_per_client_address():
+    """
+    Given an instance without credentials or signature, and one with a token
+    When their dedup scope is asked for a client address
+    Then the anonymous one scopes keys to the address; with a token every request shares the instance's keys.
+    """
+    anonymous = WebhookConfig.from_params({**PORT_PARAMS, "dedup_key": "id"})
+    token = WebhookConfig.from_params(
+        {**PORT_PARAMS, "dedup_key": "id", "credentials": {"identifier": "_header:X-Token", "password": "t"}}
+    )
+    assert GenericWebhook.dedup_scope(anonymous, "203.0.113.1") == "a:203.0.113.1|"
+    assert GenericWebhook.dedup_scope(token, "203.0.113.1") == ""
+
+
 # ---------------------------------------------------------------- limits, encodings, formats
 
 
