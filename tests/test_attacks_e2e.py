@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import hmac
 import json
+import re
 import socket
 import time
 import urllib.parse
@@ -20,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import LOOPBACK, Instance, Launcher
+from tests.conftest import LOOPBACK, Instance, Launcher, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -311,3 +312,75 @@ def test_senders_sharing_a_token_are_one_principal_for_dedup(launch: Launcher) -
     )
     assert ids(second) == ids(first)
     assert stored_names(instance) == ["first"]
+
+
+# --- finding 7: unsigned slow bodies from one address ---
+
+
+def in_flight(instance: Instance) -> int:
+    metrics = httpx.get(instance.base_url + "/metrics", timeout=30).text
+    found = re.search(r"^\w*in_flight_requests (\d+)", metrics, re.MULTILINE)
+    assert found, metrics
+    return int(found.group(1))
+
+
+def answered(sock: socket.socket) -> bool:
+    """Whether the server has written something on (or closed) this connection, without waiting."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    finally:
+        sock.setblocking(True)
+    return True
+
+
+def test_slow_unsigned_bodies_from_one_address_cannot_fill_max_in_flight(launch: Launcher) -> None:
+    """
+    Given a signature-only instance (GitHub) with max_in_flight 40: a body is read before it can be verified
+    When one address (127.0.0.2) opens 40 requests announcing 100 KB bodies and trickles nothing more
+    Then at most 16 of them are admitted (one address's share of unverified requests) and the rest get 503
+         overloaded at once; a signed delivery from another address is created (all 40 were admitted, and the
+         real sender got 503 until their body deadlines passed).
+    """
+    secret = "github-webhook-secret-0123456789"
+    instance = launch(
+        {"signature_scheme": "GitHub", "signature_secret": secret, "max_in_flight": "40", "metrics_enabled": "true"}
+    )
+    with httpx.Client() as client:
+        instance.wait_serving(client)
+    head = (
+        f"POST / HTTP/1.1\r\nHost: {LOOPBACK}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n"
+        'X-Hub-Signature-256: sha256=00\r\n\r\n{"name": "'
+    ).encode()
+    attackers = []
+    try:
+        for _ in range(40):
+            sock = socket.create_connection((LOOPBACK, instance.port), timeout=30, source_address=("127.0.0.2", 0))
+            attackers.append(sock)
+            sock.sendall(head)
+
+        def settled() -> tuple[int, int] | None:
+            refused = sum(answered(sock) for sock in attackers)
+            admitted = in_flight(instance)
+            return (admitted, refused) if admitted + refused == len(attackers) else None
+
+        admitted, refused = wait_for(settled, timeout=30, what="every attack request admitted or refused")
+        assert (admitted, refused) == (16, 24)
+        assert b" 503 " in attackers[-1].recv(65536).split(b"\r\n", 1)[0] + b" "
+        body = json.dumps({"name": "signed delivery"}).encode()
+        signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        transport = httpx.HTTPTransport(local_address="127.0.0.3")
+        with httpx.Client(transport=transport) as sender:
+            response = sender.post(
+                instance.base_url + "/",
+                content=body,
+                headers={"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={signature}"},
+                timeout=30,
+            )
+        assert response.status_code == 200, response.text
+        assert "signed delivery" in stored_names(instance)
+    finally:
+        for sock in attackers:
+            sock.close()

@@ -84,6 +84,8 @@ INFLATE_INPUT_BYTES = 64 * 1024  # input of one inflate step, at most
 INFLATE_FIRST_INPUT_BYTES = 64  # input of a gzip member's first inflate step
 MAX_JSON_DEPTH = 100
 MAX_BUFFERED_BYTES = 256 * 1024 * 1024  # request bodies held at once, across all requests
+UNVERIFIED_ADDRESS_SHARE = 8  # one address's unverified requests: 1/8 of max_in_flight and of MAX_BUFFERED_BYTES
+UNVERIFIED_MIN_PER_ADDRESS = 16
 DEFAULT_TRUSTED_PROXIES_TEXT = "127.0.0.0/8, ::1"  # the reroute connects from the same host
 DEFAULT_TRUSTED_PROXIES = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
 DEFAULT_BIND_HOST = "0.0.0.0"  # the platform reaches the container on its listen port from outside
@@ -1682,24 +1684,44 @@ class IncidentBatcher:
 
 
 class Admission:
-    """The in-flight cap (503) and the optional per-client rate limit (429), both with Retry-After."""
+    """The in-flight cap (503) and the optional per-client rate limit (429), both with Retry-After; and the
+    share of them that requests not yet authenticated may take from one client address.
 
-    def __init__(self, max_in_flight: int, rate_limit_per_minute: int, clock: Callable[[], float] = time.monotonic):
+    An instance without credentials or mutual TLS reads a body before it knows who sent it (a signature is checked
+    on the body, and an instance without one never knows): such a request is *unverified* until its signature
+    matches. One client address may hold at most `unverified_per_address` unverified requests and
+    `unverified_bytes_per_address` of their body bytes at once (1/8 of each budget; at least 16 requests and one
+    body of max_body_mb), so slow unsigned bodies from one address cannot
+    fill max_in_flight or the memory budget for every other sender."""
+
+    def __init__(
+        self,
+        max_in_flight: int,
+        rate_limit_per_minute: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_buffered_bytes: int | None = None,
+        max_body_bytes: int = 0,
+    ):
         self.max_in_flight = max_in_flight
         self.rate_limit = rate_limit_per_minute
         self.clock = clock
+        self.max_buffered_bytes = MAX_BUFFERED_BYTES if max_buffered_bytes is None else max_buffered_bytes
+        self.unverified_per_address = max(UNVERIFIED_MIN_PER_ADDRESS, max_in_flight // UNVERIFIED_ADDRESS_SHARE)
+        # one whole body of the largest size allowed always fits
+        self.unverified_bytes_per_address = max(self.max_buffered_bytes // UNVERIFIED_ADDRESS_SHARE, max_body_bytes)
         self.in_flight = 0
         self.buffered_bytes = 0
         self._window_start = 0.0
         self._counts: dict[str, int] = {}
+        self._unverified: dict[str, list[int]] = {}  # address -> [requests, body bytes] of unverified requests
 
-    def enter(self, client: str) -> None:
+    def enter(self, client: str, unverified: bool = False) -> "Ticket":
         if self.in_flight >= self.max_in_flight:
-            raise RequestError(
-                503,
-                "overloaded",
-                f"More than {self.max_in_flight} requests are in progress: retry shortly (max_in_flight).",
-                {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)},
+            raise overloaded(f"More than {self.max_in_flight} requests are in progress: retry shortly (max_in_flight).")
+        if unverified and self._unverified.get(client, (0,))[0] >= self.unverified_per_address:
+            raise overloaded(
+                f"{self.unverified_per_address} requests from {client} are already being received and not yet "
+                "authenticated: retry shortly."
             )
         if self.rate_limit:
             now = self.clock()
@@ -1717,23 +1739,59 @@ class Admission:
                     {"Retry-After": str(retry_after)},
                 )
         self.in_flight += 1
+        if unverified:
+            self._unverified.setdefault(client, [0, 0])[0] += 1
+        return Ticket(self, client, unverified)
 
-    def leave(self) -> None:
-        self.in_flight -= 1
+
+@dataclass
+class Ticket:
+    """One admitted request: the body bytes it holds, and whether it still counts as unverified."""
+
+    admission: Admission
+    client: str
+    unverified: bool
+    held: int = 0
 
     def hold(self, size: int) -> None:
-        """Counts body bytes held in memory; over MAX_BUFFERED_BYTES across all requests, 503 for this one."""
-        if self.buffered_bytes + size > MAX_BUFFERED_BYTES:
-            raise RequestError(
-                503,
-                "overloaded",
-                "Too much request data is being received at once: retry shortly.",
-                {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)},
-            )
-        self.buffered_bytes += size
+        """Counts body bytes held in memory: over the budget of all requests, or an address's unverified share,
+        503 for this one."""
+        admission = self.admission
+        if admission.buffered_bytes + size > admission.max_buffered_bytes:
+            raise overloaded("Too much request data is being received at once: retry shortly.")
+        if self.unverified:
+            share = admission._unverified[self.client]
+            if share[1] + size > admission.unverified_bytes_per_address:
+                raise overloaded(
+                    f"Too much data not yet authenticated is being received from {self.client}: retry shortly."
+                )
+            share[1] += size
+        admission.buffered_bytes += size
+        self.held += size
 
-    def release(self, size: int) -> None:
-        self.buffered_bytes -= size
+    def verified(self) -> None:
+        """The signature matched: the request leaves its address's unverified share."""
+        if self.unverified:
+            self._leave_share()
+            self.unverified = False
+
+    def close(self) -> None:
+        self.admission.buffered_bytes -= self.held
+        self.admission.in_flight -= 1
+        if self.unverified:
+            self._leave_share()
+
+    def _leave_share(self) -> None:
+        shares = self.admission._unverified
+        share = shares[self.client]
+        share[0] -= 1
+        share[1] -= self.held
+        if share[0] == 0:
+            del shares[self.client]  # bounded by the addresses with requests in progress
+
+
+def overloaded(detail: str) -> RequestError:
+    return RequestError(503, "overloaded", detail, {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)})
 
 
 class Metrics:
@@ -1962,9 +2020,15 @@ class WebhookIntake:
         self.log_error = log_error
         self.log_access = log_access
         self.clock = clock
-        self.admission = Admission(config.max_in_flight, config.rate_limit_per_minute)
+        self.admission = Admission(
+            config.max_in_flight, config.rate_limit_per_minute, max_body_bytes=config.max_body_bytes
+        )
+        # Without credentials or mutual TLS, a body is read before anything says who sent it.
+        self.reads_unverified = config.auth_mode == "none" and not config.ca_certificate
         anonymous_dedup = config.dedup_enabled and dedup_scope(config, "") != ""  # keys per client address
-        self.needs_address = bool(config.allowed_networks or config.rate_limit_per_minute or anonymous_dedup)
+        self.needs_address = bool(
+            config.allowed_networks or config.rate_limit_per_minute or anonymous_dedup or self.reads_unverified
+        )
         self.keep_alive_header = (b"keep-alive", f"timeout={config.keep_alive_seconds}".encode())
         self.other_routes = RequestMonitor(self._other_routes(), log_access, metrics, self.keep_alive_header)
         self.head_too_large = RequestMonitor(headers_too_large_app, log_access, metrics, self.keep_alive_header)
@@ -2005,18 +2069,11 @@ class WebhookIntake:
         try:
             address = client_address(scope, self.config.trusted_proxies) if self.needs_address else ""
             check_allowed(self.config, address)
-            self.admission.enter(address)
+            ticket = self.admission.enter(address, unverified=self.reads_unverified)
         except RequestError as error:
             return self._error(error)
-        held = 0
-
-        def hold(size: int) -> None:
-            nonlocal held
-            self.admission.hold(size)
-            held += size
-
         try:
-            created = await self.receive_events(scope, receive, hold, address)
+            created = await self.receive_events(scope, receive, ticket, address)
         except RequestError as error:
             self.metrics.count_error(error)
             return self._error(error)
@@ -2024,8 +2081,7 @@ class WebhookIntake:
             self.log_error(f"Generic Webhook: unexpected error: {error}\n{traceback.format_exc()}")
             return self._error(RequestError(500, "internal_error", "The request could not be processed."))
         finally:
-            self.admission.release(held)
-            self.admission.leave()
+            ticket.close()
         return 200, [], json.dumps(created).encode()
 
     @staticmethod
@@ -2034,15 +2090,18 @@ class WebhookIntake:
         return error.status, headers, json.dumps({"error": error.error, "detail": error.detail}).encode()
 
     async def receive_events(
-        self, scope: dict, receive: Callable, hold: Callable[[int], None], address: str = ""
+        self, scope: dict, receive: Callable, ticket: Ticket, address: str
     ) -> list[dict[str, Any]]:
         config = self.config
         raw_headers = scope["headers"]
         headers = dict(raw_headers)
         authenticate(config, headers)
-        body = await read_body(scope, receive, headers, config, hold)
+        body = await read_body(scope, receive, headers, config, ticket.hold)
         self.metrics.bytes_received += len(body)
-        signed = verify_signature(config.signature, headers, body, self.clock()) if config.signature else None
+        signed = None
+        if config.signature is not None:
+            signed = verify_signature(config.signature, headers, body, self.clock())
+            ticket.verified()
         body = decode_content(body, headers.get(b"content-encoding", b"").decode("latin-1"), config)
         items, labels = parse_events(body, headers.get(b"content-type", b"").decode("latin-1"), config.max_items)
         incidents = build_incidents(items, labels, visible_headers(raw_headers, config.hidden_headers), config)

@@ -603,6 +603,49 @@ def test_buffered_body_bytes_are_capped_across_requests(make_client, mocker):
     assert client.post("/", json={"name": "small"}).status_code == 200
 
 
+def test_unverified_requests_of_one_address_share_a_bounded_budget():
+    """
+    Given admission with room for 1,000 requests and 800 body bytes (an address's unverified share: 125 requests,
+          100 bytes)
+    When one address's unverified requests hold 90 bytes and another of its requests asks for 20 more
+    Then that one gets 503 overloaded naming the address, another address is not affected, and bytes and counts
+         come back when the requests are verified or closed.
+    """
+    admission = GenericWebhook.Admission(1000, 0, max_buffered_bytes=800, max_body_bytes=10)
+    assert (admission.unverified_per_address, admission.unverified_bytes_per_address) == (125, 100)
+    first = admission.enter("203.0.113.1", unverified=True)
+    first.hold(90)
+    second = admission.enter("203.0.113.1", unverified=True)
+    with pytest.raises(GenericWebhook.RequestError) as refused:
+        second.hold(20)
+    assert (refused.value.status, refused.value.error) == (503, "overloaded")
+    assert "203.0.113.1" in refused.value.detail
+    other = admission.enter("198.51.100.2", unverified=True)
+    other.hold(90)
+    first.verified()  # its bytes still count in all, no longer in the address's share
+    second.hold(20)
+    for ticket in (first, second, other):
+        ticket.close()
+    assert (admission.in_flight, admission.buffered_bytes, admission._unverified) == (0, 0, {})
+
+
+def test_one_address_may_hold_only_its_share_of_unverified_requests():
+    """
+    Given admission with max_in_flight 40 (an address's unverified share: 16)
+    When one address enters 17 unverified requests
+    Then the 17th gets 503; a verified-from-the-start request (credentials) from it still gets in.
+    """
+    admission = GenericWebhook.Admission(40, 0)
+    tickets = [admission.enter("203.0.113.1", unverified=True) for _ in range(16)]
+    with pytest.raises(GenericWebhook.RequestError) as refused:
+        admission.enter("203.0.113.1", unverified=True)
+    assert refused.value.status == 503
+    tickets.append(admission.enter("203.0.113.1"))
+    for ticket in tickets:
+        ticket.close()
+    assert admission.in_flight == 0
+
+
 def test_concurrent_requests_are_not_serialized(executor, mocker):
     """
     Given createIncidents takes 0.5 s per call (a blocking round trip to the server)
