@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import yaml
 
+from xsoar_local.config import ServerConfig
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 ECHO_PACK = DATA / "packs" / "EchoWebhook"
@@ -167,7 +169,8 @@ def start_platform(
     platform = Platform(
         config_path=config_path,
         process=process,
-        url=f"http://{LOOPBACK}:{config['server']['port']}",
+        # Where the CLI reaches it too: server.host, or 127.0.0.1 for a wildcard.
+        url=ServerConfig(host=config["server"].get("host", LOOPBACK)).base_url(config["server"]["port"]),
         tag=tag,
         api_key=config["server"].get("api_key"),
     )

@@ -1,6 +1,7 @@
 """The read API (`/incidents`, `/instances`, `/health`) and the page at `/`, server-rendered from the store.
 
 When `server.api_key` is set, everything here but `/health` needs it, as the incidents hold what senders posted.
+Whatever the key, all of it answers only to the allowed Host names (xsoar_local/hosts.py; checked in app.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from xsoar_local import __version__
-from xsoar_local.auth import api_key_header
+from xsoar_local.auth import DuplicateApiKeyHeader, api_key_carriers
 from xsoar_local.config import ServerConfig
 from xsoar_local.gateway import error_response
 from xsoar_local.instances import Instance
@@ -100,7 +101,11 @@ def create_api(view: PlatformView, server: ServerConfig) -> FastAPI:
     api = FastAPI(title="xsoar-local", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
 
     def require_api_key(request: Request) -> None:
-        if server.api_key and api_key_header(request.headers, server.api_key) is None:
+        try:
+            carriers = api_key_carriers(request.headers.raw, server.api_key)
+        except DuplicateApiKeyHeader as exc:
+            raise ApiError(400, exc.error, exc.detail) from None
+        if server.api_key and not carriers:
             raise ApiError(
                 401,
                 "unauthorized",

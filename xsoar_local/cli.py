@@ -23,12 +23,14 @@ from xsoar_local.config import (
     DEFAULT_CONFIG_FILE,
     REPOSITORY_PACK,
     PlatformConfig,
+    ServerConfig,
     add_pack,
     load_config,
     write_default_config,
 )
 from xsoar_local.environments import prepare_environments
 from xsoar_local.errors import XsoarLocalError
+from xsoar_local.hosts import ANY_HOST, is_wildcard
 from xsoar_local.install import install_pack
 from xsoar_local.instances import Instance, check_listen_ports, resolve_instance, resolve_instances
 from xsoar_local.lock import DataDirLock, read_holder
@@ -97,12 +99,8 @@ def up(config_path: Path) -> None:
         lock.update(phase=SERVING)
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("xsoar_local").setLevel(logging.INFO)
-        if not is_loopback(config.server.host) and not config.server.api_key:
-            logging.getLogger("xsoar_local").warning(
-                "server.host %s is reachable from other machines and no server.api_key is set:"
-                " anyone who can reach it can read the incidents",
-                config.server.host,
-            )
+        for warning in _exposure_warnings(config.server, is_loopback(config.server.host)):
+            logging.getLogger("xsoar_local").warning("%s", warning)
 
         def started(supervisor: Supervisor) -> None:
             click.echo(f"xsoar-local {__version__}: gateway on {url} (store {config.server.store_path})")
@@ -115,6 +113,28 @@ def up(config_path: Path) -> None:
 
         run(serve(config, instances, sock, on_started=started))
     click.echo("xsoar-local stopped: the gateway and every instance have ended.")
+
+
+def _exposure_warnings(server: ServerConfig, loopback: bool) -> list[str]:
+    """What `up` warns about how the page and read API are exposed."""
+    warnings = []
+    if not loopback and not server.api_key:
+        warnings.append(
+            f"server.host {server.host} is reachable from other machines and no server.api_key is set:"
+            " anyone who can reach it can read the incidents"
+        )
+    if ANY_HOST in server.allowed_hosts and not server.api_key:
+        warnings.append(
+            'server.allowed_hosts has "*" and no server.api_key is set: any web site the user visits can read the'
+            " incidents through DNS rebinding (fix: list the host names instead, or set server.api_key)"
+        )
+    elif is_wildcard(server.host) and not server.allowed_hosts:
+        warnings.append(
+            f"server.host {server.host} accepts connections from other machines, but the page and read API answer"
+            " only to localhost, 127.0.0.1 and ::1 (the reroute to any name); fix: list the names others use in"
+            " server.allowed_hosts"
+        )
+    return warnings
 
 
 def _warn(message: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from xsoar_local.errors import ConfigError
+from xsoar_local.hosts import ANY_HOST, canonical_host, host_of
 
 DEFAULT_CONFIG_FILE = "xsoar-local.yaml"
 
@@ -34,6 +35,9 @@ server:
   data_dir: .xsoar-local            # SQLite store, instance logs, installed packs, image environments
   # api_key: <secret>               # needed for /instance/execute/<name> of a non-external instance, and then
   #                                 # also for the read API and the page (header `Authorization` or `X-API-Key`)
+  # allowed_hosts: [xsoar.lan]      # Host names the page and read API answer to besides localhost, 127.0.0.1,
+  #                                 # ::1 and host (any port); "*" = any, unsafe without api_key (the reroute
+  #                                 # answers to every name)
   # unknown_image: warn             # an integration whose docker image has no pin file: warn (run it on the
   #                                 # platform's own Python) or error (`up` refuses to start)
   config:                           # server configuration keys, as in the real server
@@ -73,6 +77,7 @@ _SERVER_KEYS = (
     "port",
     "data_dir",
     "api_key",
+    "allowed_hosts",
     "config",
     "upstream_timeout",
     "environments_dir",
@@ -88,6 +93,9 @@ class ServerConfig:
     port: int = 8080
     data_dir: Path = Path(".xsoar-local")
     api_key: str | None = None
+    # Host names the read API and the page answer to besides the loopback names and `host` (canonical, see
+    # xsoar_local/hosts.py); "*" for any. The reroute answers to every name.
+    allowed_hosts: tuple[str, ...] = ()
     # Server configuration keys (`instance.execute.external...`), values as strings like the real server's.
     config: dict[str, str] = field(default_factory=dict)
     # Seconds to wait for an instance to start answering a rerouted request before giving up with 504.
@@ -250,11 +258,53 @@ def _server_config(problems: list[str], data: Any, base: Path) -> ServerConfig:
         port=port,
         data_dir=base / data_dir,
         api_key=None if api_key is None else str(api_key),
+        allowed_hosts=_allowed_hosts(problems, data.get("allowed_hosts")),
         config={str(key): _config_value(value) for key, value in server_keys.items()},
         upstream_timeout=float(timeout),
         environments_dir_setting=_environments_dir(problems, data.get("environments_dir"), base),
         unknown_image=_unknown_image(problems, data.get("unknown_image", defaults.unknown_image)),
     )
+
+
+def _allowed_hosts(problems: list[str], value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        problems.append(
+            f"server.allowed_hosts must be a list of host names (fix: allowed_hosts: [{_yaml_scalar(value)}])"
+        )
+        return ()
+    if not isinstance(value, list):
+        problems.append(f"server.allowed_hosts must be a list of host names, got {value!r} (fix: [xsoar.lan])")
+        return ()
+    names: list[str] = []
+    for item in value:
+        if item == ANY_HOST:
+            names.append(ANY_HOST)
+            continue
+        try:
+            names.append(canonical_host(item if isinstance(item, str) else ""))
+        except ValueError:
+            problems.append(f"server.allowed_hosts: {item!r} is not a host name or IP address ({_host_fix(item)})")
+    return tuple(names)
+
+
+def _host_fix(item: Any) -> str:
+    """The fix for an allowed_hosts entry that is not a host name: what to write instead."""
+    if not isinstance(item, str) or not item.strip():
+        return "fix: write the name as text, e.g. xsoar.lan"
+    text = item.strip()
+    if "://" in text:
+        text = text.partition("://")[2].partition("/")[0]
+    name = host_of(text)
+    if name is not None:
+        return f"fix: write {name} alone; the port and scheme are not compared"
+    if "*" in text:
+        return 'fix: list each name; "*" alone allows any'
+    if not text.isascii():
+        with contextlib.suppress(UnicodeError):
+            return f"fix: write it as browsers send it, {text.encode('idna').decode('ascii')}"
+    return "fix: e.g. xsoar.lan or 192.168.1.10"
 
 
 def _environments_dir(problems: list[str], value: Any, base: Path) -> Path | None:

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 from fastapi.responses import JSONResponse
 
-from xsoar_local.auth import api_key_header
+from xsoar_local.auth import DuplicateApiKeyHeader, api_key_carriers
 from xsoar_local.config import ServerConfig
 from xsoar_local.instances import Instance
 from xsoar_local.supervisor import InstanceProcess, InstanceState, Supervisor
@@ -79,39 +79,45 @@ class Reroute:
             await error_response(404, "not_found", f"no route for {scope['path']}")(scope, receive, send)
             return
         name = unquote(match["name"])
-        refusal, api_key_name = self._admit(name, scope["headers"])
+        refusal, carriers = self._admit(name, scope["headers"])
         if refusal is not None:
             await refusal(scope, receive, send)
             return
         target = match["rest"] or "/"
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        await self._forward(scope, receive, send, self._instances[name], target, api_key_name)
+        await self._forward(scope, receive, send, self._instances[name], target, carriers)
 
-    def _admit(self, name: str, headers: Headers) -> tuple[JSONResponse | None, bytes | None]:
-        """The refusal for a request the instance must not get, or None and the header that held the API key."""
+    def _admit(self, name: str, headers: Headers) -> tuple[JSONResponse | None, frozenset[bytes]]:
+        """The refusal for a request the instance must not get, or None and the headers that held the API key."""
+        # The headers carrying the platform's API key never reach the instance, external or not: there they would
+        # end up in incidents, samples and the page.
+        try:
+            carriers = api_key_carriers(headers, self._server.api_key)
+        except DuplicateApiKeyHeader as exc:
+            return error_response(400, exc.error, exc.detail), frozenset()
         instance = self._instances.get(name)
         if instance is None:
-            known = ", ".join(sorted(self._instances)) or "none"
-            return error_response(404, "unknown_instance", f"no instance named {name!r} (instances: {known})"), None
+            return error_response(404, "unknown_instance", self._unknown_detail(name, bool(carriers))), carriers
         if not instance.supervised:
             detail = f"instance {name!r} is {instance.unserved_reason}"
-            return error_response(404, "instance_not_served", detail), None
-        # The header carrying the platform's API key never reaches the instance, external or not: there it would end
-        # up in incidents, samples and the page.
-        found = None
-        if self._server.api_key:
-            text_headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in headers}
-            found = api_key_header(text_headers, self._server.api_key)
-        if not self._external[name] and found is None:
-            return error_response(401, "unauthorized", self._unauthorized_detail(name)), None
-        api_key_name = found.encode("latin-1") if found is not None else None
+            return error_response(404, "instance_not_served", detail), carriers
+        if not self._external[name] and not carriers:
+            return error_response(401, "unauthorized", self._unauthorized_detail(name)), carriers
         process = self._supervisor.get(name)
         if process is None or process.state != InstanceState.RUNNING:
             # Never forwarded: a port the instance does not hold may be another process's.
             reason = process.reason() if process is not None else f"instance {name!r} is stopped"
-            return _unavailable(reason, process), None
-        return None, api_key_name
+            return _unavailable(reason, process), carriers
+        return None, carriers
+
+    def _unknown_detail(self, name: str, authenticated: bool) -> str:
+        # The reroute is what tunnels expose under public names: its 404 names instances only to a caller with the
+        # API key, and then only the external ones (a non-external instance's name is never shown here).
+        if not authenticated:
+            return f"no instance named {name!r}; fix: check the name in the URL (`xsoar-local status` lists them)"
+        external = ", ".join(sorted(item for item, external in self._external.items() if external)) or "none"
+        return f"no instance named {name!r} (external instances: {external})"
 
     def _unauthorized_detail(self, name: str) -> str:
         external_key = f"instance.execute.external.{name}"
@@ -126,9 +132,9 @@ class Reroute:
         )
 
     async def _forward(
-        self, scope: Scope, receive: Any, send: Any, instance: Instance, target: str, api_key_name: bytes | None
+        self, scope: Scope, receive: Any, send: Any, instance: Instance, target: str, carriers: frozenset[bytes]
     ) -> None:
-        headers, content_length, streamed = _forwarded_headers(scope, drop=api_key_name)
+        headers, content_length, streamed = _forwarded_headers(scope, drop=carriers)
         if content_length == -1:
             await error_response(400, "invalid_request", "Content-Length is not a number")(scope, receive, send)
             return
@@ -207,12 +213,12 @@ async def _relay(upstream: UpstreamResponse, send: Any) -> None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _forwarded_headers(scope: Scope, drop: bytes | None) -> tuple[Headers, int | None, bool]:
+def _forwarded_headers(scope: Scope, drop: frozenset[bytes]) -> tuple[Headers, int | None, bool]:
     """The caller's headers less hop-by-hop ones and the API key, plus X-Forwarded-*; also the body's
     Content-Length (None if not given, -1 if not a number) and whether it comes chunked."""
     raw: Headers = scope["headers"]
     values = dict(raw)
-    skip = _NOT_FORWARDED | header_tokens(raw, b"connection") | ({drop} if drop else set())
+    skip = _NOT_FORWARDED | header_tokens(raw, b"connection") | drop
     headers = [(key, value) for key, value in raw if key not in skip]
     client = scope["client"][0].encode("latin-1") if scope.get("client") else b""
     previous = b", ".join(value for key, value in raw if key == b"x-forwarded-for")
