@@ -80,6 +80,7 @@ _SERVER_KEYS = (
     "allowed_hosts",
     "config",
     "upstream_timeout",
+    "body_timeout",
     "environments_dir",
     "unknown_image",
 )
@@ -100,6 +101,8 @@ class ServerConfig:
     config: dict[str, str] = field(default_factory=dict)
     # Seconds to wait for an instance to start answering a rerouted request before giving up with 504.
     upstream_timeout: float = 60.0
+    # Seconds a rerouted request's body may pause before the caller gets 408 (and four times this in all).
+    body_timeout: float = 30.0
     # Where the virtualenvs replicating the integrations' docker images are kept (None: <data_dir>/environments).
     environments_dir_setting: Path | None = None
     # What to do with an instance whose integration's docker image has no pin file: warn and run it on the
@@ -249,10 +252,7 @@ def _server_config(problems: list[str], data: Any, base: Path) -> ServerConfig:
     if not isinstance(server_keys, dict):
         problems.append("server.config must be a mapping of server configuration keys to values")
         server_keys = {}
-    timeout = data.get("upstream_timeout", defaults.upstream_timeout)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        problems.append(f"server.upstream_timeout must be a number of seconds above 0, got {timeout!r}")
-        timeout = defaults.upstream_timeout
+    timeout = _seconds(problems, data, "upstream_timeout", defaults.upstream_timeout)
     return ServerConfig(
         host=host,
         port=port,
@@ -260,10 +260,19 @@ def _server_config(problems: list[str], data: Any, base: Path) -> ServerConfig:
         api_key=None if api_key is None else str(api_key),
         allowed_hosts=_allowed_hosts(problems, data.get("allowed_hosts")),
         config={str(key): _config_value(value) for key, value in server_keys.items()},
-        upstream_timeout=float(timeout),
+        upstream_timeout=timeout,
+        body_timeout=_seconds(problems, data, "body_timeout", defaults.body_timeout),
         environments_dir_setting=_environments_dir(problems, data.get("environments_dir"), base),
         unknown_image=_unknown_image(problems, data.get("unknown_image", defaults.unknown_image)),
     )
+
+
+def _seconds(problems: list[str], data: dict[str, Any], key: str, default: float) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        problems.append(f"server.{key} must be a number of seconds above 0, got {value!r} (fix: {key}: {default:g})")
+        return default
+    return float(value)
 
 
 def _allowed_hosts(problems: list[str], value: Any) -> tuple[str, ...]:

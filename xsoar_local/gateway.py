@@ -7,6 +7,7 @@ multi-tenant form `/acc_<account>/instance/execute/<name>` reaches the same inst
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ from xsoar_local.upstream import (
 
 log = logging.getLogger(__name__)
 
+BODY_TOTAL_FACTOR = 4  # a rerouted body may take this many times server.body_timeout in all
 REROUTE_PATH = re.compile(r"^(?:/acc_[^/]+)?/instance/execute/(?P<name>[^/]+)(?P<rest>/.*)?$")
 
 # Headers that describe one connection, not the message; a proxy must not pass them on (RFC 9110 7.6.1).
@@ -146,10 +148,13 @@ class Reroute:
                 scope["method"],
                 target,
                 headers,
-                _body(receive) if has_body else None,
+                _body(receive, self._server.body_timeout) if has_body else None,
                 None if streamed else content_length,
             )
         except _ClientGone:
+            return
+        except _ClientTooSlow as slow:
+            await error_response(408, "request_timeout", str(slow), {"Connection": "close"})(scope, receive, send)
             return
         except UpstreamError as exc:
             await self._upstream_failed(instance, exc)(scope, receive, send)
@@ -187,10 +192,27 @@ class _ClientGone(Exception):
     """The caller disconnected before its request body was read whole."""
 
 
-async def _body(receive: Any) -> AsyncIterator[bytes]:
-    """The request body as it arrives, chunk by chunk."""
+class _ClientTooSlow(Exception):
+    """The caller paused its request body too long, or took too long in all (its detail says which)."""
+
+
+async def _body(receive: Any, idle: float) -> AsyncIterator[bytes]:
+    """The request body as it arrives, chunk by chunk: a pause over `idle` seconds, or over BODY_TOTAL_FACTOR times
+    that in all, ends it with _ClientTooSlow, so a caller cannot hold a connection and an upstream one with a body
+    it trickles (a small body is read whole before anything goes upstream)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BODY_TOTAL_FACTOR * idle
     while True:
-        message = await receive()
+        left = deadline - loop.time()
+        try:
+            async with asyncio.timeout(max(min(idle, left), 0)):
+                message = await receive()
+        except TimeoutError:
+            if left <= idle:
+                detail = f"the request body took over {BODY_TOTAL_FACTOR * idle:g} s in all"
+            else:
+                detail = f"the request body paused for over {idle:g} s"
+            raise _ClientTooSlow(f"{detail} (server.body_timeout); send it without pauses") from None
         if message["type"] == "http.disconnect":
             raise _ClientGone
         if message.get("body"):
