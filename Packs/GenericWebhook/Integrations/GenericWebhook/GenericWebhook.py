@@ -47,6 +47,7 @@ MAX_SAMPLES = 20
 MAX_SAMPLES_BYTES = 1024 * 1024
 MAX_DEDUP_KEYS = 10_000
 MAX_DEDUP_SUMMARIES = 100_000  # incident summaries kept for all seen keys together
+MAX_REPLAY_KEYS = 20_000  # signed messages remembered (in memory) to recognise their replays
 MAX_BATCH_INCIDENTS = 1000
 BATCH_MAX_WAIT_MS = 0  # natural batching: a batch leaves as soon as the worker is free
 BODY_IDLE_TIMEOUT_SECONDS = 30
@@ -229,7 +230,11 @@ class WebhookConfig:
     def dedup_enabled(self) -> bool:
         """Whether repeats are looked for: a dedup_key is set, or a signature scheme signs a timestamp (then a
         replay of a signed request within its tolerance is recognised)."""
-        return bool(self.dedup_header or self.dedup_path) or self.replay_window > 0
+        return self.has_dedup_key or self.replay_window > 0
+
+    @property
+    def has_dedup_key(self) -> bool:
+        return bool(self.dedup_header or self.dedup_path)
 
     @property
     def replay_window(self) -> int:
@@ -1407,15 +1412,9 @@ class SeenDeliveries:
     Bounded: at most max_keys keys and max_summaries incident summaries in all (the oldest keys go first)."""
 
     def __init__(
-        self,
-        stored: Any,
-        window: int,
-        max_keys: int = MAX_DEDUP_KEYS,
-        max_summaries: int = MAX_DEDUP_SUMMARIES,
-        replay_window: int = 0,
+        self, stored: Any, window: int, max_keys: int = MAX_DEDUP_KEYS, max_summaries: int = MAX_DEDUP_SUMMARIES
     ) -> None:
         self.window = window
-        self.replay_window = replay_window  # for replay keys: a signed message is stale after this
         self.max_keys = max_keys
         self.max_summaries = max_summaries
         self.summaries = 0
@@ -1431,19 +1430,16 @@ class SeenDeliveries:
         while self.entries:
             key, (seen, incidents) = next(iter(self.entries.items()))
             within = len(self.entries) <= self.max_keys and self.summaries <= self.max_summaries
-            if now - seen <= self.window_of(key) and within:
+            if now - seen <= self.window and within:
                 break
             del self.entries[key]
             self.summaries -= len(incidents)
             changed = True
         return changed
 
-    def window_of(self, key: str) -> int:
-        return self.replay_window if key.startswith(REPLAY_KEY_PREFIX) else self.window
-
     def get(self, key: str, now: float) -> list[dict[str, Any]] | None:
         entry = self.entries.get(key)
-        return entry[1] if entry is not None and now - entry[0] <= self.window_of(key) else None
+        return entry[1] if entry is not None and now - entry[0] <= self.window else None
 
     def record(self, key: str, created: list[dict[str, Any]], now: float) -> None:
         summary = [{name: incident[name] for name in SUMMARY_FIELDS if name in incident} for incident in created]
@@ -1481,7 +1477,11 @@ class IncidentSink:
         self.config = config
         self.clock = clock
         self.samples: SampleBuffer | None = None
-        self.seen: SeenDeliveries | None = None
+        self.seen: SeenDeliveries | None = None  # dedup keys, kept in the integration context
+        # replay keys: one per signed request, short-lived; in memory only, so they never crowd out dedup keys
+        self.replays: SeenDeliveries | None = None
+        if config.replay_window:
+            self.replays = SeenDeliveries({}, config.replay_window, MAX_REPLAY_KEYS, MAX_REPLAY_KEYS)
         self.pending_samples: list[dict[str, Any]] = []
         self.seen_changed = False
         self.last_write = -math.inf
@@ -1495,8 +1495,8 @@ class IncidentSink:
         to_create: list[int] = []
         repeats: dict[int, int] = {}  # unit -> the unit of this batch that creates what it repeats
         for position, unit in enumerate(units):
-            keys = unit.keys if self.seen is not None else ()
-            earlier = next((found for key in keys if (found := self.seen.get(key, now)) is not None), None)  # type: ignore[union-attr]
+            keys = [key for key in unit.keys if self._store_of(key) is not None]
+            earlier = next((found for key in keys if (found := self._store_of(key).get(key, now)) is not None), None)  # type: ignore[union-attr]
             if earlier is not None:
                 results[position] = UnitResult(earlier, duplicate=True)
                 continue
@@ -1528,29 +1528,34 @@ class IncidentSink:
             demisto.error(f"Generic Webhook: could not record samples or seen delivery keys: {error}")
         return results  # type: ignore[return-value]
 
+    def _store_of(self, key: str) -> SeenDeliveries | None:
+        return self.replays if key.startswith(REPLAY_KEY_PREFIX) else self.seen
+
     def _load_state(self) -> None:
         if self.samples is not None or self.seen is not None:
             return
+        if not (self.config.store_samples or self.config.has_dedup_key):
+            return  # replay keys only: nothing is kept in the integration context
         context = get_integration_context()
         if self.config.store_samples:
             self.samples = SampleBuffer(load_samples(context))
-        if self.config.dedup_enabled:
-            self.seen = SeenDeliveries(
-                _context_json(context, DEDUP_KEYS_KEY, {}),
-                self.config.dedup_window,
-                replay_window=self.config.replay_window,
-            )
+        if self.config.has_dedup_key:
+            self.seen = SeenDeliveries(_context_json(context, DEDUP_KEYS_KEY, {}), self.config.dedup_window)
 
     def _remember(
         self, units: list[Unit], results: list[UnitResult | None], sent: list[dict[str, Any]], now: float
     ) -> None:
+        if self.replays is not None:
+            self.replays.expire(now)
         if self.seen is not None:
             self.seen_changed |= self.seen.expire(now)
-            for unit, result in zip(units, results, strict=True):
-                if result is not None and not result.duplicate:
-                    for key in unit.keys:
-                        self.seen.record(key, result.incidents, now)
-                        self.seen_changed = True
+        for unit, result in zip(units, results, strict=True):
+            if result is not None and not result.duplicate:
+                for key in unit.keys:
+                    store = self._store_of(key)
+                    if store is not None:
+                        store.record(key, result.incidents, now)
+                        self.seen_changed |= store is self.seen
         if self.samples is not None and sent:  # samples are the incidents as sent, in the original's shape
             self.pending_samples = (self.pending_samples + sent)[-self.samples.max_count :]
         if now - self.last_write >= CONTEXT_WRITE_INTERVAL_SECONDS:

@@ -1185,20 +1185,28 @@ def test_seen_summaries_are_bounded_in_all():
     assert seen.summaries == 4
 
 
-def test_replay_keys_last_twice_the_timestamp_tolerance():
+def test_replay_keys_last_twice_the_timestamp_tolerance_in_memory_only(mocker):
     """
-    Given seen deliveries with a one-day dedup window and a 600 s replay window (tolerance 300 s)
-    When a dedup key and a replay key are recorded at t=0
-    Then at t=601 the replay key is gone (a signed message that old is stale anyway) and the dedup key remains.
+    Given a Slack-verifying instance (tolerance 300 s) with no dedup_key, and a clock
+    When the same signed message's unit comes at t=0, t=600 and t=601
+    Then it is created at t=0, a duplicate at t=600 (its timestamp could still be accepted), created again at t=601
+         (stale by then, so never accepted as a request); nothing is written to the integration context for it.
     """
-    seen = GenericWebhook.SeenDeliveries({}, window=86400, replay_window=600)
-    seen.record("h:id-1", [{"id": "1"}], now=0.0)
-    seen.record("s:abc", [{"id": "1"}], now=0.0)
-    assert seen.get("s:abc", now=600.0) is not None
-    assert seen.get("s:abc", now=601.0) is None
-    assert seen.get("h:id-1", now=601.0) is not None
     config = WebhookConfig.from_params({**PORT_PARAMS, "signature_scheme": "Slack", "signature_secret": "x" * 32})
-    assert (config.replay_window, config.dedup_enabled) == (600, True)
+    assert (config.replay_window, config.dedup_enabled, config.has_dedup_key) == (600, True, False)
+    clock = [0.0]
+    sink = GenericWebhook.IncidentSink(config, clock=lambda: clock[0])
+    write = mocker.spy(GenericWebhook, "set_to_integration_context_with_retries")
+    read = mocker.spy(GenericWebhook, "get_integration_context")
+    signed = GenericWebhook.Signed(b"v0:1:{}", timestamped=True)
+    duplicates = []
+    for now in (0.0, 600.0, 601.0):
+        clock[0] = now
+        (result,) = sink([GenericWebhook.Unit([{"name": "n"}], None, signed.replay_key())])
+        duplicates.append(result.duplicate)
+    sink.flush()
+    assert duplicates == [False, True, False]
+    assert (write.call_count, read.call_count) == (0, 0)
 
 
 @pytest.mark.parametrize("scheme", ["GitHub", "Generic HMAC"])
