@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from xsoar_local import bounds, safe_yaml
 from xsoar_local.errors import ConfigError
 from xsoar_local.hosts import ANY_HOST, canonical_host, host_of
 
@@ -198,12 +199,11 @@ def load_config(path: str | Path) -> PlatformConfig:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    text = _config_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(text)
+    except safe_yaml.YamlBoundError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -214,6 +214,25 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping with server, packs and instances")
     return data
+
+
+def _config_text(path: Path) -> str:
+    """The config file's text, refused past MAX_CONFIG_BYTES."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(bounds.MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
+    if len(data) > bounds.MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is more than {bounds.size_text(bounds.MAX_CONFIG_BYTES)}, the bound"
+            f" (MAX_CONFIG_BYTES); fix: give the path of the platform's config file, or raise"
+            f" {bounds.bound_name('MAX_CONFIG_BYTES')}"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from exc
 
 
 def _check_keys(problems: list[str], where: str, data: dict[str, Any], allowed: tuple[str, ...]) -> None:
@@ -390,9 +409,9 @@ def _instances(problems: list[str], data: Any) -> tuple[InstanceConfig, ...]:
 
 def add_pack(config_path: Path, entry: str, pack_id: str) -> None:
     """Put `entry` in the config file's packs list, replacing entries of the same pack; comments are kept."""
-    text = config_path.read_text(encoding="utf-8")
+    text = _config_text(config_path)
     text += "" if text.endswith("\n") else "\n"
-    data = yaml.safe_load(text) or {}
+    data = safe_yaml.load(text) or {}
     packs = [item for item in data.get("packs") or [] if not _same_pack(str(item), pack_id)] + [entry]
     block = "packs:\n" + "".join(f"  - {_yaml_scalar(item)}\n" for item in packs)
     match = _PACKS_BLOCK.search(text)
@@ -409,7 +428,7 @@ _PACKS_BLOCK = re.compile(r"^packs:[^\n]*\n(?:[ \t]*-[^\n]*\n|[ \t]+#[^\n]*\n)*"
 
 def _parses_to(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return safe_yaml.load(text)
     except yaml.YAMLError:
         return None
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from xsoar_local import bounds
 from xsoar_local.errors import XsoarLocalError
 
 IMAGES_DIR = Path(__file__).resolve().parent / "images"
@@ -169,9 +170,16 @@ def resolve_image(ref: str, images_dir: Path | None = None) -> ImagePins:
 def integration_image(integration_yml: Path) -> str:
     """`script.dockerimage` of an integration YAML (read with a regex: this runs without PyYAML)."""
     try:
-        text = integration_yml.read_text(encoding="utf-8")
+        with integration_yml.open("rb") as file:
+            data = file.read(bounds.MAX_YAML_BYTES + 1)
     except OSError as exc:
         raise ImageError(f"cannot read {integration_yml}: {exc.strerror}") from None
+    if len(data) > bounds.MAX_YAML_BYTES:
+        raise ImageError(
+            f"{integration_yml} is more than {bounds.size_text(bounds.MAX_YAML_BYTES)} (MAX_YAML_BYTES)",
+            f"give the integration's YAML, or raise {bounds.bound_name('MAX_YAML_BYTES')}",
+        )
+    text = data.decode("utf-8")
     refs = sorted(set(_DOCKERIMAGE.findall(text)))
     if len(refs) != 1:
         found = "none" if not refs else ", ".join(refs)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import zipfile
+import tempfile
 from pathlib import Path
 
 from xsoar_local.errors import PackError
-from xsoar_local.packs import Pack, load_pack
-
-_NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache")
+from xsoar_local.packs import Pack, copy_pack, load_pack
 
 # The pack id names the install folder: one plain path segment, never `.`, `..` or anything with a separator.
 _PACK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -32,27 +30,14 @@ def install_pack(source: Path, packs_dir: Path) -> Pack:
     if source.resolve() == destination.resolve():
         return pack
     packs_dir.mkdir(parents=True, exist_ok=True)
-    staging = packs_dir / f".{pack.id}.installing"
-    shutil.rmtree(staging, ignore_errors=True)
+    # Copied into a folder of its own first, within the bounds of xsoar_local.bounds: a pack over one, or with a
+    # link out of it, leaves nothing behind and an earlier install of it as it was.
+    staging = Path(tempfile.mkdtemp(prefix=f".{pack.id}.", suffix=".installing", dir=packs_dir)) / pack.id
     try:
-        if source.is_dir():
-            shutil.copytree(source, staging, ignore=_NOT_COPIED)
-        else:
-            _extract(source, staging)
+        copy_pack(source, staging)
         # Swapped in whole: a running platform never reads a half-copied pack.
         shutil.rmtree(destination, ignore_errors=True)
         staging.rename(destination)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.parent, ignore_errors=True)
     return load_pack(destination)
-
-
-def _extract(zip_path: Path, folder: Path) -> None:
-    folder.mkdir(parents=True)
-    root = folder.resolve()
-    with zipfile.ZipFile(zip_path) as archive:
-        for name in archive.namelist():
-            target = (root / name).resolve()
-            if not target.is_relative_to(root):
-                raise PackError(f"pack zip {str(zip_path)!r} has an entry outside its folder: {name!r}")
-        archive.extractall(folder)
