@@ -877,7 +877,7 @@ def test_long_running_serves_and_stops(mocker):
         port = probe.getsockname()[1]
     mocker.patch.dict("os.environ", {"GENERIC_WEBHOOK_BIND_HOST": "127.0.0.1"})
     servers: list = []
-    real_server = GenericWebhook.uvicorn.Server
+    real_server = GenericWebhook.GuardedServer
 
     def capture(config):
         server = real_server(config)
@@ -885,7 +885,7 @@ def test_long_running_serves_and_stops(mocker):
         servers.append(server)
         return server
 
-    mocker.patch.object(GenericWebhook.uvicorn, "Server", side_effect=capture)
+    mocker.patch.object(GenericWebhook, "GuardedServer", side_effect=capture)
     thread = threading.Thread(target=run_long_running, args=({"longRunningPort": port},), daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -1809,7 +1809,7 @@ def serve_live(request, executor, mocker):
         sock.bind(("127.0.0.1", 0))
         server_config = GenericWebhook.server_config_for(config, make_webhook_app(config, executor), request.param)
         assert not isinstance(server_config.http, str), "the guarded protocol is not in use"
-        server = GenericWebhook.uvicorn.Server(server_config)
+        server = GenericWebhook.GuardedServer(server_config)
         server.install_signal_handlers = lambda: None  # not the main thread
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
