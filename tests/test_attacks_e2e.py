@@ -45,11 +45,36 @@ def peak_rss(pid: int) -> int:
     raise AssertionError(f"no VmHWM for {pid}")
 
 
+def realistic_deliveries(name: str) -> list[tuple[str, bytes, dict[str, str]]]:
+    """One delivery of each body shape the integration takes, each naming its incidents after `name`."""
+    event = json.dumps({"name": f"{name} (object)"}).encode()
+    ndjson = "".join(json.dumps({"name": f"{name} (line {n})"}) + "\n" for n in (1, 2)).encode()
+    return [
+        ("object", event, {"Content-Type": "application/json"}),
+        ("array", json.dumps([{"name": f"{name} (item {n})"} for n in (1, 2)]).encode(), {}),
+        ("ndjson", ndjson, {"Content-Type": "application/x-ndjson"}),
+        ("gzip", gzip.compress(event), {"Content-Type": "application/json", "Content-Encoding": "gzip"}),
+        (
+            "form",
+            urllib.parse.urlencode({"name": f"{name} (form)"}).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        ),
+        ("text", f"{name} (text)".encode(), {"Content-Type": "text/plain"}),
+    ]
+
+
 def normal_delivery_works(instance: Instance, name: str) -> None:
-    """A normal sender's event right after the attack: 200 and the incident is stored."""
-    response = httpx.post(instance.base_url + "/", json={"name": name}, headers=TOKEN_HEADER, timeout=30)
-    assert response.status_code == 200, response.text
-    assert name in [incident["name"] for incident in instance.store.list_incidents()]
+    """A normal sender's deliveries right after the attack, one of each body shape: 200 and the incidents stored
+    (a text/plain body's incident has the default name, so it is counted)."""
+    before = len(instance.store.list_incidents())
+    for shape, body, headers in realistic_deliveries(name):
+        response = httpx.post(
+            instance.base_url + f"/{shape}", content=body, headers={**TOKEN_HEADER, **headers}, timeout=30
+        )
+        assert response.status_code == 200, f"{shape}: {response.text}"
+    names = [incident["name"] for incident in instance.store.list_incidents()]
+    assert len(names) == before + 8
+    assert {f"{name} (object)", f"{name} (item 2)", f"{name} (line 2)", f"{name} (form)"} <= set(names)
 
 
 # --- finding 5: many gzip members ---
