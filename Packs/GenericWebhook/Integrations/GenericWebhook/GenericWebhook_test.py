@@ -613,14 +613,14 @@ def test_unverified_requests_of_one_address_share_a_bounded_budget():
     """
     admission = GenericWebhook.Admission(1000, 0, max_buffered_bytes=800, max_body_bytes=10)
     assert (admission.unverified_per_address, admission.unverified_bytes_per_address) == (125, 100)
-    first = admission.enter("203.0.113.1", unverified=True)
+    first = admission.enter("203.0.113.9", unverified=True)
     first.hold(90)
-    second = admission.enter("203.0.113.1", unverified=True)
+    second = admission.enter("203.0.113.9", unverified=True)
     with pytest.raises(GenericWebhook.RequestError) as refused:
         second.hold(20)
     assert (refused.value.status, refused.value.error) == (503, "overloaded")
-    assert "203.0.113.1" in refused.value.detail
-    other = admission.enter("198.51.100.2", unverified=True)
+    assert "203.0.113.9" in refused.value.detail
+    other = admission.enter("198.51.100.7", unverified=True)
     other.hold(90)
     first.verified()  # its bytes still count in all, no longer in the address's share
     second.hold(20)
@@ -636,11 +636,11 @@ def test_one_address_may_hold_only_its_share_of_unverified_requests():
     Then the 17th gets 503; a verified-from-the-start request (credentials) from it still gets in.
     """
     admission = GenericWebhook.Admission(40, 0)
-    tickets = [admission.enter("203.0.113.1", unverified=True) for _ in range(16)]
+    tickets = [admission.enter("203.0.113.9", unverified=True) for _ in range(16)]
     with pytest.raises(GenericWebhook.RequestError) as refused:
-        admission.enter("203.0.113.1", unverified=True)
+        admission.enter("203.0.113.9", unverified=True)
     assert refused.value.status == 503
-    tickets.append(admission.enter("203.0.113.1"))
+    tickets.append(admission.enter("203.0.113.9"))
     for ticket in tickets:
         ticket.close()
     assert admission.in_flight == 0
@@ -1241,8 +1241,8 @@ def test_dedup_keys_of_an_anonymous_instance_are_per_client_address():
     token = WebhookConfig.from_params(
         {**PORT_PARAMS, "dedup_key": "id", "credentials": {"identifier": "_header:X-Token", "password": "t"}}
     )
-    assert GenericWebhook.dedup_scope(anonymous, "203.0.113.1") == "a:203.0.113.1|"
-    assert GenericWebhook.dedup_scope(token, "203.0.113.1") == ""
+    assert GenericWebhook.dedup_scope(anonymous, "203.0.113.9") == "a:203.0.113.9|"
+    assert GenericWebhook.dedup_scope(token, "203.0.113.9") == ""
 
 
 # ---------------------------------------------------------------- limits, encodings, formats
