@@ -13,7 +13,7 @@ INTEGRATION_YML := Packs/GenericWebhook/Integrations/GenericWebhook/GenericWebho
 SDK := $(SDK_VENV)/bin/demisto-sdk
 export DEMISTO_SDK_IGNORE_CONTENT_WARNING := 1
 
-.PHONY: run test lint validate pack pytest pytest-image-pack pytest-image-e2e $(IMAGE_VENV) bench clean
+.PHONY: run test lint validate pack pytest pytest-image-pack pytest-image-e2e $(IMAGE_VENV) bench soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,11 @@ pytest-image-e2e: $(VENV)/.installed $(IMAGE_VENV)/.installed
 
 bench: $(VENV)/.installed $(IMAGE_VENV)/.installed
 	$(PY) -m bench
+
+# The soak run (not part of `make test`): `make soak SOAK_ARGS="--duration 1h"`; see bench/README.md.
+SOAK_ARGS ?=
+soak: $(VENV)/.installed $(IMAGE_VENV)/.installed
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf build .xsoar-local $(IMAGE_VENV)

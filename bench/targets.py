@@ -254,26 +254,40 @@ def start_instance(workdir: Path, name: str, params: dict[str, Any], secret: str
     )
 
 
-def start_gateway(workdir: Path, name: str, params: dict[str, Any], secret: str, python: str) -> Target:
+def start_gateway(
+    workdir: Path,
+    name: str,
+    params: dict[str, Any],
+    secret: str,
+    python: str,
+    *,
+    others: dict[str, dict[str, Any]] | None = None,
+    server: dict[str, Any] | None = None,
+) -> Target:
     """`xsoar-local up` (on this interpreter) with one external instance, which runs on `python`
-    (XSOAR_LOCAL_INSTANCE_PYTHON); events go through /instance/execute/<name>."""
+    (XSOAR_LOCAL_INSTANCE_PYTHON); events go through /instance/execute/<name>. `others`: more external instances
+    (name -> params) beside it; `server`: more `server:` keys of the config (such as `api_key`). Every instance
+    gets a free listen port unless its params name one."""
     data_dir = workdir / "xsoar-local"
     port = free_port()
+    instances = {name: params, **(others or {})}
     config = {
         "server": {
             "host": LOOPBACK,
             "port": port,
             "data_dir": str(data_dir),
-            "config": {f"instance.execute.external.{name}": "true"},
+            **(server or {}),
+            "config": {f"instance.execute.external.{key}": "true" for key in instances},
         },
         "packs": [str(PACK)],
         "instances": [
             {
-                "name": name,
+                "name": key,
                 "integration": INTEGRATION,
                 "enabled": True,
-                "params": {**params, "longRunningPort": free_port()},
+                "params": {"longRunningPort": free_port(), **values},
             }
+            for key, values in instances.items()
         ],
     }
     config_path = workdir / "xsoar-local.yaml"
@@ -295,11 +309,13 @@ def start_gateway(workdir: Path, name: str, params: dict[str, Any], secret: str,
     )
 
 
-def find_instance_pid(target: Target, client: httpx.Client) -> None:
-    """Record the pid of the gateway's instance process, from `GET /instances`."""
+def find_instance_pid(target: Target, client: httpx.Client, names: tuple[str, ...] = ()) -> None:
+    """Record the pid of the gateway's instance process, from `GET /instances` (and of each of `names`, under
+    its name)."""
     base = target.url.split("/instance/execute/")[0]
+    wanted = {target.instance: "instance", **{name: name for name in names}}
     for item in client.get(f"{base}/instances", timeout=5).json():
-        if item.get("name") == target.instance and item.get("pid"):
-            target.pids["instance"] = int(item["pid"])
-            return
-    raise TargetError(f"the gateway does not report a pid for instance {target.instance!r}")
+        if item.get("name") in wanted and item.get("pid"):
+            target.pids[wanted.pop(item["name"])] = int(item["pid"])
+    if wanted:
+        raise TargetError(f"the gateway does not report a pid for instance {next(iter(wanted))!r}")
