@@ -10,6 +10,8 @@ Standard library only: `xsoar_local.images` uses it before any other environment
 
 from __future__ import annotations
 
+import os
+
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -52,3 +54,10 @@ def size_text(count: int) -> str:
 def bound_name(name: str) -> str:
     """Where a bound is set, for the fix of a message: `MAX_PACK_BYTES in xsoar_local/bounds.py`."""
     return f"{name} in xsoar_local/bounds.py"
+
+
+def read_at_most(path: os.PathLike[str] | str, limit: int) -> bytes:
+    """The file's first limit + 1 bytes: more than `limit` of them means the file is over the bound (OSError as
+    open() raises it)."""
+    with open(path, "rb") as file:
+        return file.read(limit + 1)

@@ -219,8 +219,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _config_text(path: Path) -> str:
     """The config file's text, refused past MAX_CONFIG_BYTES."""
     try:
-        with path.open("rb") as file:
-            data = file.read(bounds.MAX_CONFIG_BYTES + 1)
+        data = bounds.read_at_most(path, bounds.MAX_CONFIG_BYTES)
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
     if len(data) > bounds.MAX_CONFIG_BYTES:

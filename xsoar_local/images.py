@@ -170,8 +170,7 @@ def resolve_image(ref: str, images_dir: Path | None = None) -> ImagePins:
 def integration_image(integration_yml: Path) -> str:
     """`script.dockerimage` of an integration YAML (read with a regex: this runs without PyYAML)."""
     try:
-        with integration_yml.open("rb") as file:
-            data = file.read(bounds.MAX_YAML_BYTES + 1)
+        data = bounds.read_at_most(integration_yml, bounds.MAX_YAML_BYTES)
     except OSError as exc:
         raise ImageError(f"cannot read {integration_yml}: {exc.strerror}") from None
     if len(data) > bounds.MAX_YAML_BYTES:
