@@ -10,6 +10,7 @@ PY := $(VENV)/bin/python
 IMAGE_VENV := .venv-image
 IMAGE_PY := $(IMAGE_VENV)/bin/python
 INTEGRATION_YML := Packs/GenericWebhook/Integrations/GenericWebhook/GenericWebhook.yml
+INTEGRATION_PY := $(INTEGRATION_YML:.yml=.py)
 SDK := $(SDK_VENV)/bin/demisto-sdk
 export DEMISTO_SDK_IGNORE_CONTENT_WARNING := 1
 
@@ -62,6 +63,17 @@ pack: $(SDK_VENV)/.installed
 	$(SDK) prepare-content -i Packs/GenericWebhook/Integrations/GenericWebhook -o build/unified
 	test -s build/unified/integration-GenericWebhook.yml
 	! grep -nE '^ *(import demistomock|from CommonServerPython import)' build/unified/integration-GenericWebhook.yml
+	@# Every ApiModule the split script imports is in place in the unified script and in the zip's, and no import
+	@# of one is left.
+	unzip -p build/packs/GenericWebhook.zip Integrations/integration-GenericWebhook.yml > build/packs/zipped.yml
+	for module in $$(sed -nE 's/^from (\w+ApiModule) import \*.*/\1/p' $(INTEGRATION_PY)); do \
+	  for unified in build/unified/integration-GenericWebhook.yml build/packs/zipped.yml; do \
+	    grep -qF "### GENERATED CODE ###: from $$module import *" $$unified \
+	      || { echo "$$unified: $$module is not in place"; exit 1; }; \
+	  done; \
+	done
+	! grep -nE '^ *from \w+ApiModule import' build/unified/integration-GenericWebhook.yml build/packs/zipped.yml
+	rm build/packs/zipped.yml
 
 pytest: $(VENV)/.installed
 	$(PY) -m pytest -q

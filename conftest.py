@@ -1,4 +1,5 @@
-"""Puts the script environment (demistomock, CommonServerPython) on sys.path, as the platform does."""
+"""Puts the script environment (demistomock, CommonServerPython) on sys.path, as the platform does, and the
+ApiModules."""
 
 import sys
 from pathlib import Path
@@ -6,8 +7,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "xsoar_local" / "script_env"))
+# The ApiModules, importable as the content repository's tests import them (`from <Name>ApiModule import *`).
+for module_folder in sorted((Path(__file__).resolve().parent / "Packs" / "ApiModules" / "Scripts").glob("*ApiModule")):
+    sys.path.insert(0, str(module_folder))
 
-import demistomock
+import demistomock  # noqa: E402 (after the sys.path lines above)
 
 
 @pytest.fixture(autouse=True)

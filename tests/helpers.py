@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import yaml
 
+from xsoar_local.api_modules import inline_api_modules, modules_folder
 from xsoar_local.config import ServerConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -238,14 +239,16 @@ def unified_script(script: str, integration_id: str) -> str:
 
 
 def build_pack_zip(pack: Path, destination: Path) -> Path:
-    """A zip shaped like `demisto-sdk zip-packs` output: pack metadata, and each integration as one unified YAML."""
+    """A zip shaped like `demisto-sdk zip-packs` output: pack metadata, and each integration as one unified YAML
+    (its ApiModules in place)."""
     metadata = json.loads((pack / "pack_metadata.json").read_text(encoding="utf-8"))
     with zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("pack_metadata.json", (pack / "pack_metadata.json").read_text(encoding="utf-8"))
         archive.writestr("metadata.json", json.dumps({**metadata, "id": pack.name}))
         for folder in sorted((pack / "Integrations").iterdir()):
             yml = yaml.safe_load((folder / f"{folder.name}.yml").read_text(encoding="utf-8"))
-            script = (folder / f"{folder.name}.py").read_text(encoding="utf-8")
+            script_path = folder / f"{folder.name}.py"
+            script = inline_api_modules(script_path.read_text(encoding="utf-8"), str(script_path), modules_folder(pack))
             yml["script"]["script"] = unified_script(script, yml["commonfields"]["id"])
             archive.writestr(f"Integrations/integration-{folder.name}.yml", yaml.safe_dump(yml, sort_keys=False))
     return destination

@@ -25,10 +25,10 @@ from xsoar_local.config import write_default_config
 
 
 def default_config(folder: Path) -> Path:
-    """The config a first run writes, beside a copy of the pack it names; only the gateway port is changed."""
-    shutil.copytree(
-        GENERIC_WEBHOOK_PACK, folder / "Packs" / "GenericWebhook", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    """The config a first run writes, beside a copy of the pack it names (and of the ApiModules it imports, in the
+    content layout); only the gateway port is changed."""
+    for pack in (GENERIC_WEBHOOK_PACK, GENERIC_WEBHOOK_PACK.parent / "ApiModules"):
+        shutil.copytree(pack, folder / "Packs" / pack.name, ignore=shutil.ignore_patterns("__pycache__"))
     config = folder / "xsoar-local.yaml"
     assert write_default_config(config, pack=folder / "Packs" / "GenericWebhook")
     text = config.read_text().replace("port: 8080", f"port: {free_port()}")

@@ -386,3 +386,60 @@ def test_the_gateway_relays_each_chunk_as_it_arrives() -> None:
         server.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["plain ASGI server", "guarded connection"])
+def test_a_stalled_body_is_timed_by_the_gateway_unless_the_connection_guard_times_it(guarded: bool) -> None:
+    """Served without the connection guard (another ASGI server), the reroute itself answers 408 naming
+    server.body_timeout when a body stalls; under the guard (BODY_GUARD_KEY in the scope) it leaves the deadline to
+    the guard, which answers and closes: the reroute then sees the disconnect and sends nothing."""
+    from xsoar_local.listener import BODY_GUARD_KEY
+
+    async def never_called(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    async def scenario() -> None:
+        server, port, _ = await serve(never_called)
+        config = ServerConfig(config={"instance.execute.external": "true"}, body_timeout=0.2)
+        pool = UpstreamPool(read_timeout=5)
+        app = Reroute([_Instance(port)], _Supervisor(), config, pool)  # type: ignore[list-item, arg-type]
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/instance/execute/x",
+            "raw_path": b"/instance/execute/x",
+            "query_string": b"",
+            "headers": [(b"host", b"gw:1"), (b"content-length", b"10")],
+            "client": ("10.0.0.9", 5000),
+            "scheme": "http",
+        }
+        if guarded:
+            scope[BODY_GUARD_KEY] = "guarded"
+        disconnected = asyncio.Event()
+        messages = [{"type": "http.request", "body": b"12345", "more_body": True}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            if guarded:  # past server.body_timeout, the guard's deadline passes: it answers 408 and closes
+                await asyncio.sleep(3 * config.body_timeout)
+                disconnected.set()
+                return {"type": "http.disconnect"}
+            await asyncio.Event().wait()  # the caller stalls for ever
+            raise AssertionError("unreachable")
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await asyncio.wait_for(app(scope, receive, send), 10)
+        await pool.aclose()
+        server.close()
+        if guarded:
+            assert disconnected.is_set() and sent == []
+        else:
+            assert sent[0]["status"] == 408
+            assert b"paused for over 0.2 s (server.body_timeout)" in sent[1]["body"]
+
+    run(scenario())

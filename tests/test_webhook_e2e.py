@@ -28,6 +28,7 @@ from tests.conftest import LOOPBACK, PACK, REPO, Instance, Launcher, wait_for
 pytestmark = pytest.mark.timeout(90)
 
 INTEGRATION_DIR = PACK / "Integrations" / "GenericWebhook"
+API_MODULES_DIR = REPO / "Packs" / "ApiModules" / "Scripts"
 SDK = REPO / ".venv-sdk" / "bin" / "demisto-sdk"
 DEFAULT_INCIDENT_NAME = "Generic webhook triggered incident"
 USER_AGENT = "generic-webhook-e2e/1.0"
@@ -381,7 +382,8 @@ def unified_yaml(out_dir: Path) -> Path:
     """The unified integration YAML: build/unified's when `make pack` made it after the last source change, else a
     fresh `demisto-sdk prepare-content`."""
     built = sorted((REPO / "build" / "unified").glob("integration-*.yml"))
-    newest_source = max(path.stat().st_mtime for path in INTEGRATION_DIR.iterdir() if path.is_file())
+    sources = [*INTEGRATION_DIR.iterdir(), *API_MODULES_DIR.glob("*/*.py")]
+    newest_source = max(path.stat().st_mtime for path in sources if path.is_file())
     if built and built[0].stat().st_mtime >= newest_source:
         return Path(shutil.copy(built[0], out_dir / built[0].name))
     if not SDK.exists():
@@ -415,6 +417,8 @@ def test_unified_script_runs_the_platform_way(launch: Launcher, client: httpx.Cl
     assert "def main()" in script and "register_module_line" in script
     assert IMPORT_LINES.findall(script) == []
     assert IMPORT_LINES.findall((INTEGRATION_DIR / "GenericWebhook.py").read_text())  # the split file has them
+    assert "### GENERATED CODE ###: from ListenerApiModule import *" in script  # and the ApiModule is in place
+    assert not re.search(r"^\s*from \w+ApiModule import", script, re.MULTILINE)
 
     instance = launch(pack=integrations.parent, name="unified")
     instance.wait_serving(client)

@@ -14,6 +14,7 @@ from xsoar_local.config import ServerConfig
 from xsoar_local.gateway import Reroute, error_response, is_reroute
 from xsoar_local.hosts import AllowedHosts
 from xsoar_local.instances import Instance
+from xsoar_local.listener import MAX_HEADER_BYTES, head_size, headers_too_large_app
 from xsoar_local.store import Store
 from xsoar_local.supervisor import Supervisor
 from xsoar_local.upstream import UpstreamPool
@@ -27,6 +28,9 @@ class PlatformApp:
         self.hosts = hosts
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and head_size(scope) > MAX_HEADER_BYTES:  # whole, in one read: see the guard
+            await headers_too_large_app(scope, receive, send)
+            return
         if scope["type"] == "http" and is_reroute(scope["path"]):
             await self.reroute(scope, receive, send)
             return

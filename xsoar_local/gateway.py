@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from xsoar_local.auth import DuplicateApiKeyHeader, api_key_carriers
 from xsoar_local.config import ServerConfig
 from xsoar_local.instances import Instance
+from xsoar_local.listener import BODY_GUARD_KEY
 from xsoar_local.supervisor import InstanceProcess, InstanceState, Supervisor
 from xsoar_local.upstream import (
     Headers,
@@ -148,7 +149,7 @@ class Reroute:
                 scope["method"],
                 target,
                 headers,
-                _body(receive, self._server.body_timeout) if has_body else None,
+                _body(receive, None if BODY_GUARD_KEY in scope else self._server.body_timeout) if has_body else None,
                 None if streamed else content_length,
             )
         except _ClientGone:
@@ -196,29 +197,33 @@ class _ClientTooSlow(Exception):
     """The caller paused its request body too long, or took too long in all (its detail says which)."""
 
 
-async def _body(receive: Any, idle: float) -> AsyncIterator[bytes]:
+async def _body(receive: Any, idle: float | None) -> AsyncIterator[bytes]:
     """The request body as it arrives, chunk by chunk: a pause over `idle` seconds, or over BODY_TOTAL_FACTOR times
     that in all, ends it with _ClientTooSlow, so a caller cannot hold a connection and an upstream one with a body
-    it trickles (a small body is read whole before anything goes upstream)."""
+    it trickles (a small body is read whole before anything goes upstream). `idle` None: the connection's guard
+    keeps those deadlines itself (it answers 408 and closes; the pending receive() sees the disconnect)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + BODY_TOTAL_FACTOR * idle
+    deadline = 0.0 if idle is None else loop.time() + BODY_TOTAL_FACTOR * idle
     while True:
-        left = deadline - loop.time()
-        try:
-            async with asyncio.timeout(max(min(idle, left), 0)):
-                message = await receive()
-        except TimeoutError:
-            if left <= idle:
-                detail = f"the request body took over {BODY_TOTAL_FACTOR * idle:g} s in all"
-            else:
-                detail = f"the request body paused for over {idle:g} s"
-            raise _ClientTooSlow(f"{detail} (server.body_timeout); send it without pauses") from None
+        message = await (receive() if idle is None else _receive_in_time(receive, idle, deadline - loop.time()))
         if message["type"] == "http.disconnect":
             raise _ClientGone
         if message.get("body"):
             yield message["body"]
         if not message.get("more_body", False):
             return
+
+
+async def _receive_in_time(receive: Any, idle: float, left: float) -> Any:
+    try:
+        async with asyncio.timeout(max(min(idle, left), 0)):
+            return await receive()
+    except TimeoutError:
+        if left <= idle:
+            detail = f"the request body took over {BODY_TOTAL_FACTOR * idle:g} s in all"
+        else:
+            detail = f"the request body paused for over {idle:g} s"
+        raise _ClientTooSlow(f"{detail} (server.body_timeout); send it without pauses") from None
 
 
 async def _relay(upstream: UpstreamResponse, send: Any) -> None:

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from xsoar_local.api_modules import imported_modules
 from xsoar_local.errors import PackError
 from xsoar_local.packs import Pack, copy_pack, load_pack
 
@@ -35,9 +36,24 @@ def install_pack(source: Path, packs_dir: Path) -> Pack:
     staging = Path(tempfile.mkdtemp(prefix=f".{pack.id}.", suffix=".installing", dir=packs_dir)) / pack.id
     try:
         copy_pack(source, staging)
+        _put_api_modules_in_place(pack, source, staging)
         # Swapped in whole: a running platform never reads a half-copied pack.
         shutil.rmtree(destination, ignore_errors=True)
         staging.rename(destination)
     finally:
         shutil.rmtree(staging.parent, ignore_errors=True)
     return load_pack(destination)
+
+
+def _put_api_modules_in_place(pack: Pack, source: Path, copy: Path) -> None:
+    """The installed copy of a pack folder holds each split script with its ApiModules in place (load_pack put them
+    there, from the ApiModules pack beside the source), as a zip from zip-packs does: it runs without that pack."""
+    if not source.is_dir():
+        return
+    for integration in pack.integrations:
+        script_file = Path(integration.script_path)
+        if not script_file.is_relative_to(source):
+            continue  # the script is in the YAML
+        target = copy / script_file.relative_to(source)
+        if imported_modules(target.read_text(encoding="utf-8")):
+            target.write_text(integration.script, encoding="utf-8")

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from xsoar_local import bounds, safe_yaml
+from xsoar_local import api_modules, bounds, safe_yaml
 from xsoar_local.bounds import bound_name, size_text
 from xsoar_local.errors import PackError
 
@@ -129,7 +129,11 @@ class _PackFiles:
 
     @property
     def kind(self) -> str:
-        return "pack zip" if self._zip is not None else "pack folder"
+        return "pack zip" if self.is_zip else "pack folder"
+
+    @property
+    def is_zip(self) -> bool:
+        return self._zip is not None
 
     def names(self) -> list[str]:
         return sorted(name for name, entry in self._entries.items() if not entry.is_folder)
@@ -525,7 +529,10 @@ def _script_text(files: _PackFiles, yml_name: str, script_section: dict[str, Any
     yml = PurePosixPath(yml_name)
     for candidate in (yml.with_suffix(".py"), yml.parent / f"{yml.parent.name}.py"):
         if files.exists(str(candidate)):
-            return files.read_text(str(candidate)), files.location(str(candidate))
+            where = files.location(str(candidate))
+            # The ApiModules a split script imports are put in place, as prepare-content does (a zip has none).
+            folder = None if files.is_zip else api_modules.modules_folder(files.path)
+            return api_modules.inline_api_modules(files.read_text(str(candidate)), where, folder), where
     raise PackError(
         f"integration YAML {files.location(yml_name)} has no script: script.script is empty and"
         f" {yml.with_suffix('.py').name} is missing; fix: put the script beside the YAML"

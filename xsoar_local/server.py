@@ -20,8 +20,17 @@ import uvicorn
 from xsoar_local.app import create_app
 from xsoar_local.config import PlatformConfig, ServerConfig
 from xsoar_local.errors import ConfigError
-from xsoar_local.gateway import upstream_pool
+from xsoar_local.gateway import BODY_TOTAL_FACTOR, upstream_pool
 from xsoar_local.instances import Instance
+from xsoar_local.listener import (
+    H11_BUFFER_SLACK,
+    KEEP_ALIVE_GRACE_SECONDS,
+    MAX_HEADER_BYTES,
+    UVICORN_CHECKED,
+    GuardedServer,
+    guarded_http_protocol,
+    write_timeout_seconds,
+)
 from xsoar_local.ports import bind_socket
 from xsoar_local.store import open_store
 from xsoar_local.supervisor import Supervisor
@@ -30,11 +39,12 @@ log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 BANNER_GRACE = 15.0
+KEEP_ALIVE_SECONDS = 5.0  # an idle caller's connection (uvicorn's default, as before the guards)
 
 T = TypeVar("T")
 
 
-class _Server(uvicorn.Server):
+class _Server(GuardedServer):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         # Signals are handled by `serve()` below; uvicorn would re-raise them after shutting down.
@@ -83,6 +93,7 @@ async def serve(
     )
     uv_config = uvicorn.Config(
         app,
+        http=gateway_protocol(config.server),
         lifespan="off",
         log_level="warning",
         access_log=False,
@@ -90,6 +101,8 @@ async def serve(
         server_header=False,
         date_header=False,  # rerouted responses carry the instance's own
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS + KEEP_ALIVE_GRACE_SECONDS,  # uvicorn's timer, behind the guard's
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES + H11_BUFFER_SLACK,  # the guard answers 431 first
     )
     server = _Server(uv_config)
     loop = asyncio.get_running_loop()
@@ -110,6 +123,33 @@ async def serve(
         store.close()
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+
+
+def gateway_protocol(server: ServerConfig) -> Any:
+    """The gateway's connections get the integration's guards (ListenerApiModule): a head deadline and a 431 for
+    heads over MAX_HEADER_BYTES, server.body_timeout for a body's pauses (BODY_TOTAL_FACTOR times it in all), a
+    keep-alive deadline, a write deadline for callers that take no answers, bounded pipelining."""
+    seconds = server.body_timeout
+    protocol = guarded_http_protocol(
+        None,
+        keep_alive=KEEP_ALIVE_SECONDS,
+        write_timeout=write_timeout_seconds(),
+        body_idle=seconds,
+        body_total=BODY_TOTAL_FACTOR * seconds,
+        body_timeout_detail=(
+            f"the request body paused for over {seconds:g} s, or took over {BODY_TOTAL_FACTOR * seconds:g} s in all"
+            " (server.body_timeout); send it without pauses"
+        ),
+    )
+    if isinstance(protocol, str):
+        log.warning(
+            "uvicorn %s differs from the versions the connection guards were checked against (%s): the gateway"
+            " serves with its plain %s protocol, without head, body and write deadlines",
+            uvicorn.__version__,
+            ", ".join(UVICORN_CHECKED),
+            protocol,
+        )
+    return protocol
 
 
 async def _announce(supervisor: Supervisor, on_started: Callable[[Supervisor], None]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import demistomock as demisto
 import GenericWebhook
+import ListenerApiModule
 import httpx
 import pytest
 from fastapi.testclient import TestClient
@@ -1782,10 +1783,10 @@ def test_test_module_rejects_bad_intake_params(params, message_part):
 @pytest.fixture
 def short_deadlines(monkeypatch):
     """Head 1 s, body pause 0.6 s, body in all 1.5 s, checked every 0.1 s."""
-    monkeypatch.setattr(GenericWebhook, "HEADER_TIMEOUT_SECONDS", 1.0)
-    monkeypatch.setattr(GenericWebhook, "BODY_IDLE_TIMEOUT_SECONDS", 0.6)
-    monkeypatch.setattr(GenericWebhook, "BODY_TOTAL_TIMEOUT_SECONDS", 1.5)
-    monkeypatch.setattr(GenericWebhook, "DEADLINE_CHECK_SECONDS", 0.1)
+    monkeypatch.setattr(ListenerApiModule, "HEADER_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(ListenerApiModule, "BODY_IDLE_TIMEOUT_SECONDS", 0.6)
+    monkeypatch.setattr(ListenerApiModule, "BODY_TOTAL_TIMEOUT_SECONDS", 1.5)
+    monkeypatch.setattr(ListenerApiModule, "DEADLINE_CHECK_SECONDS", 0.1)
 
 
 class Live(tuple):
@@ -2090,41 +2091,6 @@ def test_access_log_escapes_control_characters_and_quotes_in_the_user_agent():
     assert line.endswith(r'"evil\" \x85next \x1b[31m"')
 
 
-def test_deadline_checks_go_on_when_one_connection_fails():
-    """
-    Given two connections, the first of which raises when checked
-    When the periodic check runs
-    Then the second is still checked, the failing one is dropped and closed, and the check is scheduled again.
-    """
-
-    class Broken:
-        def __init__(self):
-            self.transport = mocker_transport = type("T", (), {"closed": False})()
-            mocker_transport.close = lambda: setattr(mocker_transport, "closed", True)
-
-        def check_deadline(self, now):
-            raise RuntimeError("boom")
-
-    class Fine:
-        checked = 0
-
-        def check_deadline(self, now):
-            Fine.checked += 1
-
-    async def scenario():
-        deadlines = GenericWebhook.ConnectionDeadlines(asyncio.get_running_loop())
-        broken, fine = Broken(), Fine()
-        deadlines.add(broken)
-        deadlines.add(fine)
-        deadlines.check()
-        return deadlines, broken
-
-    deadlines, broken = asyncio.run(scenario())
-    assert Fine.checked == 1
-    assert broken not in deadlines.connections and broken.transport.closed
-    assert deadlines.timer is not None
-
-
 # ---------------------------------------------------------------- TCP_NODELAY, early answers, keep-alive
 
 SMALL_LIMIT = {"max_body_mb": "0.01"}  # 10 KiB
@@ -2312,8 +2278,8 @@ def test_a_keep_alive_connection_that_stalls_after_an_early_413_is_closed(serve_
     When a keep-alive client announces a 100 KB body, sends 20 KB of it and then nothing
     Then it gets its 413 and the connection closes soon after (on h11 such a connection used to stay open for good).
     """
-    monkeypatch.setattr(GenericWebhook, "LINGER_IDLE_SECONDS", 0.5)
-    monkeypatch.setattr(GenericWebhook, "DEADLINE_CHECK_SECONDS", 0.1)
+    monkeypatch.setattr(ListenerApiModule, "LINGER_IDLE_SECONDS", 0.5)
+    monkeypatch.setattr(ListenerApiModule, "DEADLINE_CHECK_SECONDS", 0.1)
     port, _ = serve_live(**SMALL_LIMIT)
     with socket.create_connection(("127.0.0.1", port)) as client:
         client.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b" " * 20_000)
@@ -2328,7 +2294,7 @@ def test_lingering_is_bounded_in_bytes(serve_live, monkeypatch):
     When a client keeps sending after its 413 (a body far over what it announced)
     Then the server stops reading and closes (the client's writes fail) instead of reading for ever.
     """
-    monkeypatch.setattr(GenericWebhook, "LINGER_MAX_BYTES", 1024 * 1024)
+    monkeypatch.setattr(ListenerApiModule, "LINGER_MAX_BYTES", 1024 * 1024)
     port, _ = serve_live(**SMALL_LIMIT)
     sent = 0
     with socket.create_connection(("127.0.0.1", port)) as client:
@@ -2340,51 +2306,6 @@ def test_lingering_is_bounded_in_bytes(serve_live, monkeypatch):
                 client.sendall(chunk)
                 sent += len(chunk)
     assert sent < 32 * 1024 * 1024
-
-
-class RecordingTransport:
-    """Just enough of an asyncio transport to see what is written and when it closes."""
-
-    def __init__(self):
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def writelines(self, lines) -> None:
-        self.writes.extend(lines)
-
-    def get_extra_info(self, name, default=None):
-        return default
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-
-def test_a_corked_answer_is_one_write_and_a_close_flushes_it_first():
-    """
-    Given the transport uvicorn's protocol writes to, corked for an answer
-    When the head, the body and an empty end are written, then it is uncorked
-    Then the connection gets one write with all of it; and a close while corked writes what was held first.
-    """
-
-    class Guard:
-        closing = False
-
-    real = RecordingTransport()
-    transport = GenericWebhook.GuardedTransport(real, Guard())
-    transport.cork()
-    for part in (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", b"[]", b""):
-        transport.write(part)
-    assert real.writes == []
-    transport.uncork()
-    assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]"]
-    transport.write(b"later")
-    assert real.writes[-1] == b"later"
 
 
 def test_the_answer_to_an_event_leaves_in_one_write(live_server, mocker):
@@ -2424,8 +2345,8 @@ def test_a_server_that_stops_does_not_wait_for_connections_that_sent_nothing(ser
     When the server is told to stop
     Then it stops within 10 s: connections with nothing answered are closed at once, not lingered on.
     """
-    monkeypatch.setattr(GenericWebhook, "LINGER_IDLE_SECONDS", 30)
-    monkeypatch.setattr(GenericWebhook, "LINGER_TOTAL_SECONDS", 60)
+    monkeypatch.setattr(ListenerApiModule, "LINGER_IDLE_SECONDS", 30)
+    monkeypatch.setattr(ListenerApiModule, "LINGER_TOTAL_SECONDS", 60)
     live = serve_live()
     port, _ = live
     with socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port)) as half:
@@ -2446,8 +2367,8 @@ def test_a_client_that_never_reads_its_answers_is_cut_off(serve_live, monkeypatc
     When a client with a tiny receive buffer pipelines requests for a while and never reads an answer
     Then the server aborts the connection once its writes have been stuck for the deadline, instead of holding it.
     """
-    monkeypatch.setattr(GenericWebhook, "WRITE_TIMEOUT_SECONDS", 1)
-    monkeypatch.setattr(GenericWebhook, "DEADLINE_CHECK_SECONDS", 0.1)
+    monkeypatch.setattr(ListenerApiModule, "WRITE_TIMEOUT_SECONDS", 1)
+    monkeypatch.setattr(ListenerApiModule, "DEADLINE_CHECK_SECONDS", 0.1)
     live = serve_live()
     port, _ = live
     client = socket.socket()

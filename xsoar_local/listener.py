@@ -1,0 +1,1 @@
+../Packs/ApiModules/Scripts/ListenerApiModule/ListenerApiModule.py
