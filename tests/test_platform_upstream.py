@@ -100,6 +100,30 @@ def test_keep_alive_connections_are_reused_and_bodies_framed_both_ways() -> None
     run(scenario())
 
 
+def test_idle_connections_are_closed_once_expired_without_another_request() -> None:
+    """An idle pooled connection is closed at its expiry by the pool itself: an idle gateway holds none (before,
+    each stayed open until the next request, half-closed once the instance's keep-alive ended)."""
+    ended = asyncio.Event()
+
+    async def answer_then_wait(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await reader.read()  # b"" once the pool closes its side
+        ended.set()
+
+    async def scenario() -> None:
+        server, port, _ = await serve(answer_then_wait)
+        pool = UpstreamPool(read_timeout=5, idle_expiry=0.2)
+        assert await body_of(pool, port) == (200, b"ok")
+        assert pool.idle_connections() == 1
+        await asyncio.wait_for(ended.wait(), 10)
+        assert pool.idle_connections() == 0
+        await pool.aclose()
+        server.close()
+
+    run(scenario())
+
+
 def test_chunked_close_delimited_and_bodiless_answers() -> None:
     answers = [
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -161,6 +161,52 @@ def test_concurrent_threads_get_unique_ids(store: Store) -> None:
     assert sorted(ids) == list(range(1, 801))
 
 
+def store_descriptors(path: Path) -> int:
+    """This process's descriptors open on the store's files (the file, -wal, -shm)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        count += target.startswith(str(path))
+    return count
+
+
+def test_threads_that_come_and_go_leave_no_connections_open(tmp_path: Path) -> None:
+    """
+    Given: a SQLite store used from short-lived threads, as a thread pool's come and go (the read API's)
+    When: 60 threads each read and write once, one after another, and exit
+    Then: at most MAX_IDLE_CONNECTIONS connections stay open (with one connection per thread, 60 stayed open
+          with three descriptors each, for as long as the store: the gateway's descriptors grew through a soak)
+    """
+    path = tmp_path / "store.db"
+    store = SqliteStore(path)
+
+    def use() -> None:
+        store.create_incidents("a", [{"name": "x"}])
+        store.count_incidents()
+        store.get_integration_context("a")
+
+    for _ in range(60):
+        thread = threading.Thread(target=use)
+        thread.start()
+        thread.join()
+
+    assert store.opened <= store_module.MAX_IDLE_CONNECTIONS
+    assert store_descriptors(path) <= 3 * store_module.MAX_IDLE_CONNECTIONS
+    # Many at once: each call has a connection of its own, and what stays open is bounded by the calls at once
+    # (SQLite keeps a closed connection's descriptors for reuse while others hold locks on the file), not by how
+    # many calls or threads there were.
+    for _ in range(3):
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(lambda _: use(), range(200)))
+        assert store_descriptors(path) <= 3 * 16
+    assert store.count_incidents() == 660
+    store.close()
+    assert store_descriptors(path) == 0
+
+
 def test_sqlite_store_uses_wal(tmp_path: Path) -> None:
     """
     Given: a new SQLite store
@@ -299,7 +345,16 @@ def test_created_times_are_taken_under_the_write_lock(store: Store, monkeypatch:
         if isinstance(store, MemoryStore):
             held.append(store._lock.locked())
         else:
-            held.append(store._connection().in_transaction)  # type: ignore[attr-defined]
+            other = sqlite3.connect(store.path, timeout=0, isolation_level=None)  # type: ignore[attr-defined]
+            try:
+                other.execute("BEGIN IMMEDIATE")  # fails while the store's write transaction holds the lock
+            except sqlite3.OperationalError:
+                held.append(True)
+            else:
+                other.execute("ROLLBACK")
+                held.append(False)
+            finally:
+                other.close()
         return real_now()
 
     monkeypatch.setattr(store_module, "utc_now", checking_now)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 DEFAULT_INCIDENT_TYPE = "Unclassified"
 BUSY_TIMEOUT_MS = 30_000
+MAX_IDLE_CONNECTIONS = 4  # SqliteStore's pool: connections kept open between calls
 # An incident id as the store hands it out: a positive decimal, no sign, no leading zero, no `_`, within int64.
 _INCIDENT_ID = re.compile(r"[1-9][0-9]{0,18}")
 _MAX_INCIDENT_ID = 2**63 - 1
@@ -255,17 +256,21 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 
 
 class SqliteStore:
-    """A SQLite file in WAL mode; one connection per thread, writes in `BEGIN IMMEDIATE` transactions.
+    """A SQLite file in WAL mode; writes in `BEGIN IMMEDIATE` transactions.
 
-    Connections run in autocommit mode, so every read sees what other threads and processes have committed.
+    Connections run in autocommit mode, so every read sees what other threads and processes have committed. Each
+    call borrows a connection from a small pool and gives it back (at most MAX_IDLE_CONNECTIONS are kept), so
+    the threads of a thread pool, which come and go, do not each leave a connection, and its three descriptors
+    (the file, -wal, -shm), open behind them.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.opened = 0  # connections made in all (for tests)
         with self._write() as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -276,30 +281,41 @@ class SqliteStore:
             if version < len(_MIGRATIONS):
                 conn.execute(f"PRAGMA user_version = {len(_MIGRATIONS)}")
 
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-            )
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            _switch_to_wal(conn)
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        _switch_to_wal(conn)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self.opened += 1
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection for this thread alone until the block ends; rows must be read inside it."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._open()
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        finally:
+            with self._lock:
+                kept = not self._closed and len(self._idle) < MAX_IDLE_CONNECTIONS and not conn.in_transaction
+                if kept:
+                    self._idle.append(conn)
+            if not kept:
+                conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def create_incidents(self, instance: str, incidents: list[Incident]) -> list[Incident]:
         with self._write() as conn:
@@ -338,31 +354,32 @@ class SqliteStore:
         if since:
             where.append("created >= ?")
             values.append(normalize_since(since))
-        rows = self._connection().execute(
-            f"SELECT data FROM incidents WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
-            [*values, -1 if limit is None else limit],
-        )
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT data FROM incidents WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+                [*values, -1 if limit is None else limit],
+            ).fetchall()
         return [json.loads(data) for (data,) in rows]
 
     def get_incident(self, incident_id: str | int) -> Incident | None:
         key = _incident_key(incident_id)
         if key is None:
             return None
-        row = self._connection().execute("SELECT data FROM incidents WHERE id = ?", (key,)).fetchone()
+        with self._connection() as conn:
+            row = conn.execute("SELECT data FROM incidents WHERE id = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def count_incidents(self, instance: str | None = None) -> int:
-        conn = self._connection()
-        if instance is None:
-            return int(conn.execute("SELECT count(*) FROM incidents").fetchone()[0])
-        return int(conn.execute("SELECT count(*) FROM incidents WHERE instance = ?", (instance,)).fetchone()[0])
+        with self._connection() as conn:
+            if instance is None:
+                return int(conn.execute("SELECT count(*) FROM incidents").fetchone()[0])
+            return int(conn.execute("SELECT count(*) FROM incidents WHERE instance = ?", (instance,)).fetchone()[0])
 
     def get_integration_context(self, instance: str) -> tuple[dict[str, Any], int]:
-        row = (
-            self._connection()
-            .execute("SELECT context, version FROM integration_context WHERE instance = ?", (instance,))
-            .fetchone()
-        )
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT context, version FROM integration_context WHERE instance = ?", (instance,)
+            ).fetchone()
         return (json.loads(row[0]), int(row[1])) if row else ({}, 0)
 
     def set_integration_context(self, instance: str, context: dict[str, Any], version: int = -1) -> int:
@@ -385,15 +402,15 @@ class SqliteStore:
             )
 
     def get_module_health(self, instance: str) -> dict[str, Any] | None:
-        row = (
-            self._connection()
-            .execute("SELECT message, is_error, updated FROM module_health WHERE instance = ?", (instance,))
-            .fetchone()
-        )
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT message, is_error, updated FROM module_health WHERE instance = ?", (instance,)
+            ).fetchone()
         return {"message": row[0], "is_error": bool(row[1]), "updated": row[2]} if row else None
 
     def get_last_run(self, instance: str) -> dict[str, Any]:
-        row = self._connection().execute("SELECT data FROM last_run WHERE instance = ?", (instance,)).fetchone()
+        with self._connection() as conn:
+            row = conn.execute("SELECT data FROM last_run WHERE instance = ?", (instance,)).fetchone()
         return json.loads(row[0]) if row else {}
 
     def set_last_run(self, instance: str, obj: dict[str, Any]) -> None:
@@ -404,8 +421,9 @@ class SqliteStore:
             )
 
     def close(self) -> None:
-        with self._connections_lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+        """Closes the idle connections; one in use is closed when its call ends."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()

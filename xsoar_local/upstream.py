@@ -106,6 +106,7 @@ class UpstreamPool:
         # one under a request.
         self._idle_expiry = idle_expiry
         self._idle: dict[int, list[_Connection]] = {}
+        self._sweep: asyncio.TimerHandle | None = None  # closes expired idle connections while any are pooled
 
     async def request(
         self,
@@ -154,8 +155,33 @@ class UpstreamPool:
             return
         connection.idle_since = time.monotonic()
         idle.append(connection)
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(self._idle_expiry, self._close_expired)
+
+    def idle_connections(self) -> int:
+        return sum(len(connections) for connections in self._idle.values())
+
+    def _close_expired(self) -> None:
+        """Expired idle connections are closed even when no request comes to take them (else an idle gateway
+        holds them, half-closed once the instance's keep-alive ends, for ever)."""
+        self._sweep = None
+        now = time.monotonic()
+        for port, connections in list(self._idle.items()):
+            kept = [item for item in connections if now - item.idle_since < self._idle_expiry]
+            for connection in connections:
+                if connection not in kept:
+                    connection.close()
+            if kept:
+                self._idle[port] = kept
+            else:
+                del self._idle[port]
+        if self._idle:
+            self._sweep = asyncio.get_running_loop().call_later(self._idle_expiry, self._close_expired)
 
     async def aclose(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for connections in self._idle.values():
             for connection in connections:
                 connection.close()
