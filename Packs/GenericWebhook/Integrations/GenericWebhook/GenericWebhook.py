@@ -48,8 +48,27 @@ MAX_SAMPLES_BYTES = 1024 * 1024
 MAX_DEDUP_KEYS = 10_000
 MAX_DEDUP_SUMMARIES = 100_000  # incident summaries kept for all seen keys together
 MAX_REPLAY_KEYS = 20_000  # signed messages remembered (in memory) to recognise their replays
-MAX_BATCH_INCIDENTS = 1000
-BATCH_MAX_WAIT_MS = 0  # natural batching: a batch leaves as soon as the worker is free
+# Each param's default, as the YAML's `defaultvalue` writes it (GenericWebhook_test checks that they agree): what
+# an absent or empty param means. The platform fills these in when an instance is made; the code needs them for
+# instances made before a param existed.
+PARAM_DEFAULTS = {
+    "trusted_proxies": "127.0.0.0/8, ::1",  # the reroute connects from the same host
+    "signature_scheme": "None",
+    "signature_algorithm": "sha256",
+    "signature_encoding": "hex",
+    "timestamp_tolerance": "300",
+    "dedup_window": "86400",
+    "max_body_mb": "10",
+    "max_items": "10000",
+    "max_in_flight": "1000",
+    "rate_limit_per_minute": "0",
+    "batch_max_incidents": "1000",
+    "batch_max_wait_ms": "0",  # natural batching: a batch leaves as soon as the worker is free
+    "keep_alive_seconds": "120",  # idle keep-alive connections; over the pools of Go (90 s), .NET (60 s)
+    "metrics_enabled": "false",
+}
+MAX_BATCH_INCIDENTS = int(PARAM_DEFAULTS["batch_max_incidents"])
+BATCH_MAX_WAIT_MS = float(PARAM_DEFAULTS["batch_max_wait_ms"])
 CONTEXT_WRITE_INTERVAL_SECONDS = 1.0
 RESTART_DELAY_SECONDS = 5
 RETRY_AFTER_SECONDS = 5
@@ -61,8 +80,7 @@ MAX_JSON_DEPTH = 100
 MAX_BUFFERED_BYTES = 256 * 1024 * 1024  # request bodies held at once, across all requests
 UNVERIFIED_ADDRESS_SHARE = 8  # one address's unverified requests: 1/8 of max_in_flight and of MAX_BUFFERED_BYTES
 UNVERIFIED_MIN_PER_ADDRESS = 16
-DEFAULT_TRUSTED_PROXIES_TEXT = "127.0.0.0/8, ::1"  # the reroute connects from the same host
-DEFAULT_TRUSTED_PROXIES = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
+DEFAULT_TRUSTED_PROXIES = tuple(ipaddress.ip_network(item) for item in PARAM_DEFAULTS["trusted_proxies"].split(", "))
 DEFAULT_BIND_HOST = "0.0.0.0"  # the platform reaches the container on its listen port from outside
 BIND_HOST_ENV = "GENERIC_WEBHOOK_BIND_HOST"
 TEXT_KEY = "text"  # where a text/plain body goes in the raw event
@@ -174,11 +192,11 @@ class WebhookConfig:
     signature: SignatureConfig | None = None
     dedup_header: str = ""  # `header:<NAME>` dedup key, lower-cased
     dedup_path: tuple | None = None  # dotted-path dedup key
-    dedup_window: int = 86400
-    max_body_bytes: int = 10 * 1024 * 1024
-    max_items: int = 10_000
-    max_in_flight: int = 1000
-    rate_limit_per_minute: int = 0
+    dedup_window: int = int(PARAM_DEFAULTS["dedup_window"])
+    max_body_bytes: int = int(float(PARAM_DEFAULTS["max_body_mb"]) * 1024 * 1024)
+    max_items: int = int(PARAM_DEFAULTS["max_items"])
+    max_in_flight: int = int(PARAM_DEFAULTS["max_in_flight"])
+    rate_limit_per_minute: int = int(PARAM_DEFAULTS["rate_limit_per_minute"])
     batch_max_incidents: int = MAX_BATCH_INCIDENTS
     batch_max_wait_ms: float = BATCH_MAX_WAIT_MS
     ca_certificate: str = ""
@@ -186,7 +204,7 @@ class WebhookConfig:
     # peers whose last X-Forwarded-For entry is the caller's address: the reroute, on the same host
     trusted_proxies: tuple = DEFAULT_TRUSTED_PROXIES
     metrics_enabled: bool = False
-    keep_alive_seconds: int = KEEP_ALIVE_SECONDS
+    keep_alive_seconds: int = int(PARAM_DEFAULTS["keep_alive_seconds"])
     mapping: FieldMapping = field(default_factory=FieldMapping)
 
     # Cached: read on every request (a frozen dataclass still has an instance __dict__ for them).
@@ -254,7 +272,7 @@ class WebhookConfig:
 
         signature = _parse_signature(params, problems)
         dedup_header, dedup_path = _parse_dedup_key(params.get("dedup_key"), problems)
-        max_body_mb = _number_param(params, "max_body_mb", 10, problems, minimum=0.001, integer=False)
+        max_body_mb = _number_param(params, "max_body_mb", problems, minimum=0.001, integer=False)
         config = cls(
             port=port or 0,
             auth_username="" if auth_header else username,
@@ -267,26 +285,20 @@ class WebhookConfig:
             signature=signature,
             dedup_header=dedup_header,
             dedup_path=dedup_path,
-            dedup_window=int(_number_param(params, "dedup_window", 86400, problems, minimum=1)),
+            dedup_window=int(_number_param(params, "dedup_window", problems, minimum=1)),
             max_body_bytes=int(max_body_mb * 1024 * 1024),
-            max_items=int(_number_param(params, "max_items", 10_000, problems, minimum=1)),
-            max_in_flight=int(_number_param(params, "max_in_flight", 1000, problems, minimum=1)),
-            rate_limit_per_minute=int(_number_param(params, "rate_limit_per_minute", 0, problems, minimum=0)),
-            batch_max_incidents=int(
-                _number_param(params, "batch_max_incidents", MAX_BATCH_INCIDENTS, problems, minimum=1)
-            ),
-            batch_max_wait_ms=_number_param(
-                params, "batch_max_wait_ms", BATCH_MAX_WAIT_MS, problems, minimum=0, integer=False
-            ),
+            max_items=int(_number_param(params, "max_items", problems, minimum=1)),
+            max_in_flight=int(_number_param(params, "max_in_flight", problems, minimum=1)),
+            rate_limit_per_minute=int(_number_param(params, "rate_limit_per_minute", problems, minimum=0)),
+            batch_max_incidents=int(_number_param(params, "batch_max_incidents", problems, minimum=1)),
+            batch_max_wait_ms=_number_param(params, "batch_max_wait_ms", problems, minimum=0, integer=False),
             ca_certificate=ca_certificate,
             allowed_networks=_parse_networks(params.get("allowed_cidrs"), problems),
             trusted_proxies=_parse_networks(
-                params.get("trusted_proxies", DEFAULT_TRUSTED_PROXIES_TEXT), problems, "trusted_proxies"
+                params.get("trusted_proxies", PARAM_DEFAULTS["trusted_proxies"]), problems, "trusted_proxies"
             ),
             metrics_enabled=_bool_param(params, "metrics_enabled", problems),
-            keep_alive_seconds=int(
-                _number_param(params, "keep_alive_seconds", KEEP_ALIVE_SECONDS, problems, minimum=1, maximum=3600)
-            ),
+            keep_alive_seconds=int(_number_param(params, "keep_alive_seconds", problems, minimum=1, maximum=3600)),
             mapping=_parse_mapping(params, problems),
         )
         if problems:
@@ -334,7 +346,7 @@ def _parse_credentials(credentials: Any, problems: list[str]) -> tuple[str, str,
 
 
 def _parse_signature(params: dict[str, Any], problems: list[str]) -> SignatureConfig | None:
-    scheme = str(params.get("signature_scheme") or "None").strip()
+    scheme = str(params.get("signature_scheme") or PARAM_DEFAULTS["signature_scheme"]).strip()
     secret = _secret_text(params.get("signature_secret"))
     if scheme not in SIGNATURE_SCHEMES:
         problems.append(f"signature_scheme `{scheme}` is unknown: choose one of {', '.join(SIGNATURE_SCHEMES)}.")
@@ -345,7 +357,7 @@ def _parse_signature(params: dict[str, Any], problems: list[str]) -> SignatureCo
         return None
     if not secret:
         problems.append(f"signature_scheme {scheme} needs a signature_secret: paste the sender's signing secret.")
-    tolerance = int(_number_param(params, "timestamp_tolerance", 300, problems, minimum=1))
+    tolerance = int(_number_param(params, "timestamp_tolerance", problems, minimum=1))
     if scheme == "Standard Webhooks":
         key = secret[len("whsec_") :] if secret.startswith("whsec_") else secret
         try:
@@ -373,10 +385,10 @@ def _parse_signature(params: dict[str, Any], problems: list[str]) -> SignatureCo
         problems.append("signature_header is required for Generic HMAC: name the header that carries the signature.")
     elif not _is_header_token(header):
         problems.append(f"signature_header `{header}` is not a valid HTTP header name.")
-    algorithm = str(params.get("signature_algorithm") or "sha256").strip().lower()
+    algorithm = str(params.get("signature_algorithm") or PARAM_DEFAULTS["signature_algorithm"]).strip().lower()
     if algorithm not in SIGNATURE_ALGORITHMS:
         problems.append(f"signature_algorithm `{algorithm}` is unknown: use sha1, sha256 or sha512.")
-    encoding = str(params.get("signature_encoding") or "hex").strip().lower()
+    encoding = str(params.get("signature_encoding") or PARAM_DEFAULTS["signature_encoding"]).strip().lower()
     if encoding not in SIGNATURE_ENCODINGS:
         problems.append(f"signature_encoding `{encoding}` is unknown: use hex or base64.")
     prefix = str(params.get("signature_prefix") or "")
@@ -433,12 +445,14 @@ def _parse_path(param: str, text: str, problems: list[str]) -> tuple | None:
 def _number_param(
     params: dict[str, Any],
     name: str,
-    default: float,
     problems: list[str],
     minimum: float,
     integer: bool = True,
     maximum: float = math.inf,
 ) -> float:
+    """The number param `name`, or its PARAM_DEFAULTS value when it is absent or empty (or not valid: the problem
+    is noted)."""
+    default = float(PARAM_DEFAULTS[name])
     value = params.get(name)
     if value is None or str(value).strip() == "":
         return default
@@ -456,7 +470,7 @@ def _number_param(
 
 def _bool_param(params: dict[str, Any], name: str, problems: list[str]) -> bool:
     try:
-        return argToBoolean(params.get(name) or False)
+        return argToBoolean(params.get(name) or PARAM_DEFAULTS.get(name, False))
     except ValueError:
         problems.append(f"{name} `{params.get(name)}` must be true or false.")
         return False

@@ -2436,3 +2436,53 @@ def test_an_endless_head_behind_a_request_being_answered_gets_its_431_after_that
     expected = [[b"200", b"431"]] if kind == "h11" else [[b"200", b"431"], [b"200"]]
     assert statuses in expected, answer[:400]
     assert b'"id": "slow"' in answer
+
+
+# ---------------------------------------------------------------- defaults: the YAML's, in one place
+
+
+def yaml_defaults() -> dict[str, str]:
+    import yaml
+
+    integration = yaml.safe_load((Path(__file__).parent / "GenericWebhook.yml").read_text())
+    return {
+        item["name"]: str(item["defaultvalue"])
+        for item in integration["configuration"]
+        if "defaultvalue" in item and item["name"] != "longRunning"  # the platform's, not read by the code
+    }
+
+
+def test_the_codes_param_defaults_are_the_yamls():
+    """
+    Given the integration YAML's `defaultvalue`s
+    Then PARAM_DEFAULTS holds exactly those, and an instance without those params (one made before a param existed)
+         gets the same config as one with every default filled in, which is also the config's own field defaults.
+    """
+    defaults = yaml_defaults()
+    assert defaults == GenericWebhook.PARAM_DEFAULTS
+    absent = WebhookConfig.from_params(PORT_PARAMS)
+    filled = WebhookConfig.from_params({**PORT_PARAMS, **defaults})
+    assert absent == filled == WebhookConfig(port=int(PORT_PARAMS["longRunningPort"]))
+
+
+@pytest.mark.parametrize("name", sorted(yaml_defaults()))
+def test_a_change_of_a_yaml_default_would_show(name, monkeypatch):
+    """Each default is read from PARAM_DEFAULTS where it is used (a literal left in the code would not move)."""
+    defaults = yaml_defaults()
+    changed = {
+        "trusted_proxies": "10.0.0.0/8",
+        "signature_scheme": "Nonsense",
+        "signature_algorithm": "md5",
+        "signature_encoding": "base32",
+        "metrics_enabled": "true",
+    }.get(name, "7")
+    monkeypatch.setitem(GenericWebhook.PARAM_DEFAULTS, name, changed)
+    params = {**PORT_PARAMS, "signature_scheme": "Generic HMAC", "signature_secret": "s" * 32}
+    if name == "signature_scheme":
+        params = dict(PORT_PARAMS)
+    try:
+        moved = WebhookConfig.from_params(params)
+    except ConfigError:
+        return  # the changed default was read (and refused)
+    monkeypatch.setitem(GenericWebhook.PARAM_DEFAULTS, name, defaults[name])
+    assert moved != WebhookConfig.from_params(params)
