@@ -101,3 +101,34 @@ def test_a_data_dir_that_cannot_be_made_names_the_setting(tmp_path: Path) -> Non
 
     with pytest.raises(XsoarLocalError, match=r"data dir .*file/data cannot be used: .*fix: set server.data_dir"):
         DataDirLock(tmp_path / "file" / "data" / "xsoar-local.lock").acquire()
+
+
+def test_a_busy_hosts_tcp_table_is_read_a_line_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a table of 100,000 TIME_WAIT lines and one listener (a busy host's, read twice a second per instance),
+    the listener's inode is found while at most a few KiB are held at once: read whole, the table was megabytes of
+    short-lived text per check, which fragmented the worker threads' malloc arenas (the gateway grew for ever)."""
+    import tracemalloc
+
+    from xsoar_local import ports
+
+    heading = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    waiting = (
+        "{n:5d}: 0100007F:{port:04X} 0100007F:9C40 06 00000000:00000000 03:00000A2B 00000000     0        0 0 3 0\n"
+    )
+    table = tmp_path / "tcp"
+    with table.open("w", encoding="ascii") as out:
+        out.write(heading)
+        for n in range(100_000):
+            out.write(waiting.format(n=n, port=8000 + n % 500))
+        out.write(
+            "100000: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  0  0 424242 1 0 100 0\n"
+        )
+    monkeypatch.setattr(ports, "_PROC_NET_TCP", (table, tmp_path / "absent"))
+    tracemalloc.start()
+    try:
+        found = ports._listening_inodes(0x1F90)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found == {"424242"}
+    assert table.stat().st_size > 9_000_000 and peak < 256 * 1024
