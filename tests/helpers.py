@@ -22,7 +22,7 @@ import httpx
 import yaml
 
 from xsoar_local.api_modules import inline_api_modules, modules_folder
-from xsoar_local.config import ServerConfig
+from xsoar_local.config import ServerConfig, write_default_config
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -263,3 +263,17 @@ def copy_pack(pack: Path, destination: Path, edit: Callable[[dict[str, Any]], No
     edit(yml)
     yml_path.write_text(yaml.safe_dump(yml, sort_keys=False), encoding="utf-8")
     return destination
+
+
+def default_config(folder: Path) -> Path:
+    """The config a first run writes, beside a copy of the pack it names (and of the ApiModules it imports, in the
+    content layout); only the gateway port is changed."""
+    for pack in (GENERIC_WEBHOOK_PACK, GENERIC_WEBHOOK_PACK.parent / "ApiModules"):
+        shutil.copytree(pack, folder / "Packs" / pack.name, ignore=shutil.ignore_patterns("__pycache__"))
+    config = folder / "xsoar-local.yaml"
+    assert write_default_config(config, pack=folder / "Packs" / "GenericWebhook")
+    text = config.read_text().replace("port: 8080", f"port: {free_port()}")
+    # The image environment the other tests share (built once).
+    text = text.replace("  config:", f"  environments_dir: {TEST_ENVIRONMENTS}\n  config:", 1)
+    config.write_text(text)
+    return config

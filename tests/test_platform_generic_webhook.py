@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,30 +11,13 @@ import pytest
 import yaml
 from helpers import (
     GENERIC_WEBHOOK_PACK,
-    TEST_ENVIRONMENTS,
     Platform,
     build_pack_zip,
-    free_port,
+    default_config,
     run_cli,
     start_platform,
     wait_until,
 )
-
-from xsoar_local.config import write_default_config
-
-
-def default_config(folder: Path) -> Path:
-    """The config a first run writes, beside a copy of the pack it names (and of the ApiModules it imports, in the
-    content layout); only the gateway port is changed."""
-    for pack in (GENERIC_WEBHOOK_PACK, GENERIC_WEBHOOK_PACK.parent / "ApiModules"):
-        shutil.copytree(pack, folder / "Packs" / pack.name, ignore=shutil.ignore_patterns("__pycache__"))
-    config = folder / "xsoar-local.yaml"
-    assert write_default_config(config, pack=folder / "Packs" / "GenericWebhook")
-    text = config.read_text().replace("port: 8080", f"port: {free_port()}")
-    # The image environment the other tests share (built once).
-    text = text.replace("  config:", f"  environments_dir: {TEST_ENVIRONMENTS}\n  config:", 1)
-    config.write_text(text)
-    return config
 
 
 def secret(config: Path) -> str:

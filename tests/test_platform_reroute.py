@@ -292,7 +292,7 @@ def test_a_non_ascii_api_key_is_accepted_as_utf_8_in_every_header() -> None:
 
 def test_an_unexpected_api_failure_is_a_500_without_the_exception_text(caplog: pytest.LogCaptureFixture) -> None:
     class FailingStore(MemoryStore):
-        def list_incidents(self, **_: Any) -> list[dict[str, Any]]:
+        def find_incidents(self, *_: Any, **__: Any) -> tuple[int, list[dict[str, Any]]]:
             raise RuntimeError("secret detail /home/me/.xsoar-local")
 
     class NoSupervisor:

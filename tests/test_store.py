@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from xsoar_local import store as store_module
-from xsoar_local.store import MemoryStore, SqliteStore, Store, open_store
+from xsoar_local.store import IncidentQuery, MemoryStore, SqliteStore, Store, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT_ENV = REPO / "xsoar_local" / "script_env"
@@ -389,7 +389,7 @@ def test_an_old_store_loses_its_unused_indexes_once(tmp_path: Path) -> None:
     SqliteStore(path).close()
     assert indexes() == {"incidents_instance", "incidents_created"}
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         conn.execute("CREATE INDEX incidents_name ON incidents (name)")
     conn.close()
 
@@ -413,3 +413,96 @@ def test_a_batch_of_any_size_is_stored_whole_in_order(tmp_path, count):
     assert {item["id"]: item for item in listed} == {item["id"]: item for item in created}
     assert store.count_incidents("hooks") == count
     store.close()
+
+
+def mixed_incidents(store: Store) -> None:
+    store.create_incidents(
+        "github",
+        [
+            {
+                "name": "push to main",
+                "type": "Git",
+                "severity": 1,
+                "occurred": "2026-01-03T00:00:00Z",
+                "rawJSON": json.dumps({"repository": "acme/widgets", "pusher": "octocat"}),
+            },
+            {
+                "name": "https://example.com/" + "x" * 300,
+                "type": "Git",
+                "severity": 4,
+                "occurred": "2026-01-01T00:00:00Z",
+                "rawJSON": json.dumps({"alert": "Credential-Leak detected"}),
+            },
+        ],
+    )
+    store.create_incidents(
+        "gitlab",
+        [
+            {
+                "name": "merge request",
+                "type": "Review",
+                "severity": 2,
+                "occurred": "2026-01-02T00:00:00Z",
+                "rawJSON": {"project": "acme/widgets", "état": "ouvert"},
+            },
+            {"name": "pipeline failed", "severity": 0.5},
+        ],
+    )
+
+
+def names(found: tuple[int, list[dict]]) -> tuple[int, list[str]]:
+    total, items = found
+    return total, [item["name"][:20] for item in items]
+
+
+def test_find_incidents_filters_sorts_and_pages(store: Store) -> None:
+    mixed_incidents(store)
+    assert names(store.find_incidents(IncidentQuery())) == (
+        4,
+        ["pipeline failed", "merge request", "https://example.com/", "push to main"],
+    )
+    assert names(store.find_incidents(IncidentQuery(instance="github", type="Git", severity=4.0))) == (
+        1,
+        ["https://example.com/"],
+    )
+    by_severity = store.find_incidents(IncidentQuery(sort="severity", descending=False))
+    assert [item["severity"] for item in by_severity[1]] == [0.5, 1, 2, 4]
+    by_occurred = store.find_incidents(IncidentQuery(instance="github", sort="occurred", descending=False))
+    assert names(by_occurred)[1] == ["https://example.com/", "push to main"]
+    page = store.find_incidents(IncidentQuery(offset=1, limit=2))
+    assert names(page) == (4, ["merge request", "https://example.com/"])
+    assert store.find_incidents(IncidentQuery(type="Unclassified"))[0] == 1  # the type the store gave it
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("widgets", ["merge request", "push to main"]),  # a word of the rawJSON text (object or string)
+        ("ACME widg", ["merge request", "push to main"]),  # every word; the last one as a prefix
+        ("credential-leak", ["https://example.com/"]),
+        ("ouvert", ["merge request"]),
+        ("push", ["push to main"]),  # the name
+        ("octocat merge", []),
+        ('" OR * NEAR(', []),  # FTS5 syntax is only words here
+        ("   ", ["pipeline failed", "merge request", "https://example.com/", "push to main"]),
+    ],
+)
+def test_find_incidents_searches_the_name_and_the_raw_json(store: Store, text: str, expected: list[str]) -> None:
+    mixed_incidents(store)
+    total, found = names(store.find_incidents(IncidentQuery(text=text)))
+    assert (total, found) == (len(expected), expected)
+
+
+def test_an_old_store_gets_its_incidents_searchable(tmp_path: Path) -> None:
+    """A store made before the search index: its incidents are indexed once, at the first open."""
+    path = tmp_path / "old.db"
+    made = SqliteStore(path)
+    mixed_incidents(made)
+    made.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE incidents_text")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    reopened = SqliteStore(path)
+    assert names(reopened.find_incidents(IncidentQuery(text="widgets")))[0] == 2
+    reopened.close()

@@ -11,10 +11,12 @@ from starlette.websockets import WebSocketClose
 
 from xsoar_local.api import PlatformView, create_api
 from xsoar_local.config import ServerConfig
+from xsoar_local.console import add_console
 from xsoar_local.gateway import Reroute, error_response, is_reroute
 from xsoar_local.hosts import AllowedHosts
 from xsoar_local.instances import Instance
 from xsoar_local.listener import MAX_HEADER_BYTES, head_size, headers_too_large_app
+from xsoar_local.request_log import RequestLog
 from xsoar_local.store import Store
 from xsoar_local.supervisor import Supervisor
 from xsoar_local.upstream import UpstreamPool
@@ -52,7 +54,10 @@ def create_app(
     upstream: UpstreamPool,
     base_url: str,
     config_path: Path | None = None,
+    requests: RequestLog | None = None,
 ) -> PlatformApp:
-    api = create_api(PlatformView(instances, supervisor, store, base_url, config_path), server)
+    view = PlatformView(instances, supervisor, store, base_url, config_path)
+    api = create_api(view, server)
+    add_console(api, view, server)
     hosts = AllowedHosts.of(server.host, server.allowed_hosts)
-    return PlatformApp(Reroute(instances, supervisor, server, upstream), api, hosts)
+    return PlatformApp(Reroute(instances, supervisor, server, upstream, requests), api, hosts)

@@ -34,6 +34,7 @@ from xsoar_local.hosts import ANY_HOST, is_wildcard
 from xsoar_local.install import install_pack
 from xsoar_local.instances import Instance, check_listen_ports, resolve_instance, resolve_instances
 from xsoar_local.lock import DataDirLock, read_holder
+from xsoar_local.request_log import curl_command
 from xsoar_local.store import open_store
 from xsoar_local.supervisor import InstanceState, Supervisor
 from xsoar_local.try_line import try_line, why_no_try_line
@@ -239,6 +240,57 @@ def incidents(config_path: Path, instance: str | None, limit: int, as_json: bool
         for item in found
     ]
     click.echo(_table(["ID", "CREATED", "INSTANCE", "TYPE", "SEVERITY", "NAME"], rows))
+
+
+@cli.command()
+@_config_option
+@click.option("--instance", help="Only the requests sent to this instance.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as a JSON list.")
+@click.option("--curl", "curl_id", metavar="ID", help="Print the curl command that sends entry ID again.")
+def requests(config_path: Path, instance: str | None, limit: int, as_json: bool, curl_id: str | None) -> None:
+    """List the newest requests sent through the reroute, with what came of each (from the store)."""
+    config = _load(config_path)
+    store = open_store(config.server.store_path) if config.server.store_path.exists() else None
+    try:
+        if curl_id is not None:
+            entry = store.get_request(curl_id) if store is not None else None
+            if entry is None:
+                raise XsoarLocalError(f"no entry {curl_id!r} in the requests log (`xsoar-local requests` lists them)")
+            curl = curl_command(entry, config.server.base_url())
+            if curl.command is None:
+                raise XsoarLocalError(f"entry {curl_id} cannot be sent again: {curl.note}")
+            click.echo(curl.command)
+            if curl.note:
+                click.echo(f"# {curl.note}", err=True)
+            return
+        found = store.list_requests(instance=instance, limit=limit) if store is not None else []
+    finally:
+        if store is not None:
+            store.close()
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        click.echo("no requests" + (f" to {instance}" if instance else ""), err=True)
+        return
+    rows = [
+        [
+            str(item["id"]),
+            item["time"],
+            item["instance"],
+            f"{item['method']} {item['target']}",
+            str(item["status"]),
+            item.get("error") or "",
+            str(item["request_bytes"]),
+            f"{item['duration_ms']:g}",
+            item["client"],
+            " ".join(item.get("new_incident_ids") or ()),
+        ]
+        for item in found
+    ]
+    headers = ["ID", "TIME", "INSTANCE", "REQUEST", "STATUS", "ERROR", "BYTES", "MS", "CLIENT", "CREATED"]
+    click.echo(_table(headers, rows))
 
 
 @cli.command()

@@ -23,6 +23,8 @@ from xsoar_local.errors import ConfigError
 from xsoar_local.hosts import ANY_HOST, canonical_host, host_of
 
 DEFAULT_CONFIG_FILE = "xsoar-local.yaml"
+DEFAULT_REQUESTS_KEPT = 1000  # requests log entries kept per instance (server.requests_kept)
+MAX_REQUESTS_KEPT = 100_000
 
 # The Generic Webhook pack of this repository (a checkout, or an editable install of it).
 REPOSITORY_PACK = Path(__file__).resolve().parent.parent / "Packs" / "GenericWebhook"
@@ -41,6 +43,7 @@ server:
   #                                 # answers to every name)
   # unknown_image: warn             # an integration whose docker image has no pin file: warn (run it on the
   #                                 # platform's own Python) or error (`up` refuses to start)
+  # requests_kept: 1000             # requests log entries kept per instance (`xsoar-local requests`); 0 = off
   config:                           # server configuration keys, as in the real server
     instance.execute.external.webhook: "true"
 packs:
@@ -82,6 +85,7 @@ _SERVER_KEYS = (
     "config",
     "upstream_timeout",
     "body_timeout",
+    "requests_kept",
     "environments_dir",
     "unknown_image",
 )
@@ -104,6 +108,8 @@ class ServerConfig:
     upstream_timeout: float = 60.0
     # Seconds a rerouted request's body may pause before the caller gets 408 (and four times this in all).
     body_timeout: float = 30.0
+    # Entries of the requests log each instance keeps, newest first (xsoar_local/request_log.py); 0 turns it off.
+    requests_kept: int = DEFAULT_REQUESTS_KEPT
     # Where the virtualenvs replicating the integrations' docker images are kept (None: <data_dir>/environments).
     environments_dir_setting: Path | None = None
     # What to do with an instance whose integration's docker image has no pin file: warn and run it on the
@@ -280,9 +286,20 @@ def _server_config(problems: list[str], data: Any, base: Path) -> ServerConfig:
         config={str(key): _config_value(value) for key, value in server_keys.items()},
         upstream_timeout=timeout,
         body_timeout=_seconds(problems, data, "body_timeout", defaults.body_timeout),
+        requests_kept=_requests_kept(problems, data.get("requests_kept", defaults.requests_kept)),
         environments_dir_setting=_environments_dir(problems, data.get("environments_dir"), base),
         unknown_image=_unknown_image(problems, data.get("unknown_image", defaults.unknown_image)),
     )
+
+
+def _requests_kept(problems: list[str], value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REQUESTS_KEPT:
+        problems.append(
+            f"server.requests_kept must be a whole number from 0 (no requests log) to {MAX_REQUESTS_KEPT:,},"
+            f" got {value!r} (fix: requests_kept: {DEFAULT_REQUESTS_KEPT})"
+        )
+        return DEFAULT_REQUESTS_KEPT
+    return value
 
 
 def _seconds(problems: list[str], data: dict[str, Any], key: str, default: float) -> float:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -20,6 +21,7 @@ from xsoar_local.auth import DuplicateApiKeyHeader, api_key_carriers
 from xsoar_local.config import ServerConfig
 from xsoar_local.instances import Instance
 from xsoar_local.listener import BODY_GUARD_KEY
+from xsoar_local.request_log import Recording, Redactor, RequestLog, entry_of
 from xsoar_local.supervisor import InstanceProcess, InstanceState, Supervisor
 from xsoar_local.upstream import (
     Headers,
@@ -54,6 +56,19 @@ def error_response(status: int, error: str, detail: str, headers: dict[str, str]
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """An answer the gateway gives itself, instead of the instance's."""
+
+    status: int
+    error: str
+    detail: str
+    headers: dict[str, str] | None = field(default=None)
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.error, self.detail, self.headers)
+
+
 def upstream_pool(server: ServerConfig) -> UpstreamPool:
     """One pool of keep-alive connections to the instances, for every rerouted request."""
     return UpstreamPool(read_timeout=server.upstream_timeout)
@@ -67,13 +82,22 @@ class Reroute:
     """The ASGI app behind every `/instance/execute/...` path."""
 
     def __init__(
-        self, instances: list[Instance], supervisor: Supervisor, server: ServerConfig, upstream: UpstreamPool
+        self,
+        instances: list[Instance],
+        supervisor: Supervisor,
+        server: ServerConfig,
+        upstream: UpstreamPool,
+        requests: RequestLog | None = None,
     ) -> None:
         self._instances = {item.name: item for item in instances}
         self._external = {item.name: server.is_external(item.name) for item in instances}
         self._supervisor = supervisor
         self._server = server
         self._upstream = upstream
+        self._requests = requests if requests is not None and requests.enabled else None
+        self._redactors = (
+            {item.name: Redactor.of(item.params, server.api_key) for item in instances} if self._requests else {}
+        )
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         raw_path = scope.get("raw_path") or scope["path"].encode()
@@ -83,30 +107,44 @@ class Reroute:
             return
         name = unquote(match["name"])
         refusal, carriers = self._admit(name, scope["headers"])
-        if refusal is not None:
-            await refusal(scope, receive, send)
-            return
         target = match["rest"] or "/"
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        await self._forward(scope, receive, send, self._instances[name], target, carriers)
+        recording = None
+        if self._requests is not None and name in self._instances:  # an unknown name has no log to go in
+            client = scope["client"][0] if scope.get("client") else ""
+            recording = Recording(name, scope["method"], target, client, asyncio.get_running_loop().time())
+        try:
+            if refusal is not None:
+                await self._refuse(refusal, recording, scope, receive, send)
+            else:
+                await self._forward(scope, receive, send, self._instances[name], target, carriers, recording)
+        finally:
+            if recording is not None and self._requests is not None:
+                duration = asyncio.get_running_loop().time() - recording.started
+                self._requests.add(entry_of(recording, self._redactors[name], scope["headers"], carriers, duration))
 
-    def _admit(self, name: str, headers: Headers) -> tuple[JSONResponse | None, frozenset[bytes]]:
+    @staticmethod
+    async def _refuse(refusal: Refusal, recording: Recording | None, scope: Scope, receive: Any, send: Any) -> None:
+        if recording is not None:
+            recording.refused(refusal.status, refusal.error, refusal.detail)
+        await refusal.response()(scope, receive, send)
+
+    def _admit(self, name: str, headers: Headers) -> tuple[Refusal | None, frozenset[bytes]]:
         """The refusal for a request the instance must not get, or None and the headers that held the API key."""
         # The headers carrying the platform's API key never reach the instance, external or not: there they would
         # end up in incidents, samples and the page.
         try:
             carriers = api_key_carriers(headers, self._server.api_key)
         except DuplicateApiKeyHeader as exc:
-            return error_response(400, exc.error, exc.detail), frozenset()
+            return Refusal(400, exc.error, exc.detail), frozenset()
         instance = self._instances.get(name)
         if instance is None:
-            return error_response(404, "unknown_instance", self._unknown_detail(name, bool(carriers))), carriers
+            return Refusal(404, "unknown_instance", self._unknown_detail(name, bool(carriers))), carriers
         if not instance.supervised:
-            detail = f"instance {name!r} is {instance.unserved_reason}"
-            return error_response(404, "instance_not_served", detail), carriers
+            return Refusal(404, "instance_not_served", f"instance {name!r} is {instance.unserved_reason}"), carriers
         if not self._external[name] and not carriers:
-            return error_response(401, "unauthorized", self._unauthorized_detail(name)), carriers
+            return Refusal(401, "unauthorized", self._unauthorized_detail(name)), carriers
         process = self._supervisor.get(name)
         if process is None or process.state != InstanceState.RUNNING:
             # Never forwarded: a port the instance does not hold may be another process's.
@@ -135,11 +173,19 @@ class Reroute:
         )
 
     async def _forward(
-        self, scope: Scope, receive: Any, send: Any, instance: Instance, target: str, carriers: frozenset[bytes]
+        self,
+        scope: Scope,
+        receive: Any,
+        send: Any,
+        instance: Instance,
+        target: str,
+        carriers: frozenset[bytes],
+        recording: Recording | None,
     ) -> None:
         headers, content_length, streamed = _forwarded_headers(scope, drop=carriers)
         if content_length == -1:
-            await error_response(400, "invalid_request", "Content-Length is not a number")(scope, receive, send)
+            refusal = Refusal(400, "invalid_request", "Content-Length is not a number")
+            await self._refuse(refusal, recording, scope, receive, send)
             return
         has_body = streamed or bool(content_length)
         assert instance.listen_port is not None
@@ -149,30 +195,35 @@ class Reroute:
                 scope["method"],
                 target,
                 headers,
-                _body(receive, None if BODY_GUARD_KEY in scope else self._server.body_timeout) if has_body else None,
+                _body(receive, None if BODY_GUARD_KEY in scope else self._server.body_timeout, recording)
+                if has_body
+                else None,
                 None if streamed else content_length,
             )
         except _ClientGone:
+            if recording is not None:
+                recording.refused(499, "client_disconnected", "the caller disconnected before its body was read whole")
             return
         except _ClientTooSlow as slow:
-            await error_response(408, "request_timeout", str(slow), {"Connection": "close"})(scope, receive, send)
+            refusal = Refusal(408, "request_timeout", str(slow), {"Connection": "close"})
+            await self._refuse(refusal, recording, scope, receive, send)
             return
         except UpstreamError as exc:
-            await self._upstream_failed(instance, exc)(scope, receive, send)
+            await self._refuse(self._upstream_failed(instance, exc), recording, scope, receive, send)
             return
         try:
-            await _relay(upstream, send)
+            await _relay(upstream, send, recording)
         except UpstreamError as exc:
             # The status line is gone already: all that is left is to end the connection early.
             log.warning("reroute to instance %r broke off while streaming the response: %s", instance.name, exc)
         finally:
             upstream.close()
 
-    def _upstream_failed(self, instance: Instance, exc: UpstreamError) -> JSONResponse:
+    def _upstream_failed(self, instance: Instance, exc: UpstreamError) -> Refusal:
         process = self._supervisor.get(instance.name)
         if isinstance(exc, UpstreamTimeout):
             detail = f"instance {instance.name!r} did not answer within {self._server.upstream_timeout:g}s"
-            return error_response(504, "upstream_timeout", detail)
+            return Refusal(504, "upstream_timeout", detail)
         if isinstance(exc, UpstreamConnectError):
             detail = f"instance {instance.name!r} does not accept connections on port {instance.listen_port}: {exc}"
             return _unavailable(detail, process)
@@ -181,12 +232,12 @@ class Reroute:
             # Most likely the process died under the request; the supervisor restarts it.
             return _unavailable(detail, process)
         log.warning("reroute to instance %r failed: %s", instance.name, exc)
-        return error_response(502, "bad_upstream_response", detail)
+        return Refusal(502, "bad_upstream_response", detail)
 
 
-def _unavailable(detail: str, process: InstanceProcess | None) -> JSONResponse:
+def _unavailable(detail: str, process: InstanceProcess | None) -> Refusal:
     retry_after = process.retry_after() if process is not None else 1
-    return error_response(503, "instance_unavailable", detail, headers={"Retry-After": str(retry_after)})
+    return Refusal(503, "instance_unavailable", detail, headers={"Retry-After": str(retry_after)})
 
 
 class _ClientGone(Exception):
@@ -197,7 +248,7 @@ class _ClientTooSlow(Exception):
     """The caller paused its request body too long, or took too long in all (its detail says which)."""
 
 
-async def _body(receive: Any, idle: float | None) -> AsyncIterator[bytes]:
+async def _body(receive: Any, idle: float | None, recording: Recording | None = None) -> AsyncIterator[bytes]:
     """The request body as it arrives, chunk by chunk: a pause over `idle` seconds, or over BODY_TOTAL_FACTOR times
     that in all, ends it with _ClientTooSlow, so a caller cannot hold a connection and an upstream one with a body
     it trickles (a small body is read whole before anything goes upstream). `idle` None: the connection's guard
@@ -209,6 +260,8 @@ async def _body(receive: Any, idle: float | None) -> AsyncIterator[bytes]:
         if message["type"] == "http.disconnect":
             raise _ClientGone
         if message.get("body"):
+            if recording is not None:
+                recording.body_chunk(message["body"])
             yield message["body"]
         if not message.get("more_body", False):
             return
@@ -226,8 +279,11 @@ async def _receive_in_time(receive: Any, idle: float, left: float) -> Any:
         raise _ClientTooSlow(f"{detail} (server.body_timeout); send it without pauses") from None
 
 
-async def _relay(upstream: UpstreamResponse, send: Any) -> None:
-    await send({"type": "http.response.start", "status": upstream.status, "headers": _response_headers(upstream)})
+async def _relay(upstream: UpstreamResponse, send: Any, recording: Recording | None) -> None:
+    headers = _response_headers(upstream)
+    if recording is not None:
+        recording.answer_start(upstream.status, headers)
+    await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
     # Each chunk goes out as it arrives (a streaming answer is not delayed); when the Content-Length says a
     # chunk is the last one, it goes out marked as the end (one write fewer per response).
     left, ended = upstream.length, False
@@ -235,6 +291,8 @@ async def _relay(upstream: UpstreamResponse, send: Any) -> None:
         if left is not None:
             left -= len(chunk)
         ended = left == 0
+        if recording is not None:
+            recording.answer_chunk(chunk)
         await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
     if not ended:
         await send({"type": "http.response.body", "body": b"", "more_body": False})

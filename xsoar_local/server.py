@@ -32,6 +32,7 @@ from xsoar_local.listener import (
     write_timeout_seconds,
 )
 from xsoar_local.ports import bind_socket
+from xsoar_local.request_log import RequestLog
 from xsoar_local.store import open_store
 from xsoar_local.supervisor import Supervisor
 
@@ -82,6 +83,7 @@ async def serve(
     store = open_store(config.server.store_path)
     supervisor = Supervisor(instances, store=store, store_path=config.server.store_path, log_dir=config.server.log_dir)
     upstream = upstream_pool(config.server)
+    requests = RequestLog(store, config.server.requests_kept)
     app = create_app(
         instances=instances,
         supervisor=supervisor,
@@ -90,6 +92,7 @@ async def serve(
         upstream=upstream,
         base_url=base_url(config.server, sock),
         config_path=config.path.resolve(),
+        requests=requests,
     )
     uv_config = uvicorn.Config(
         app,
@@ -120,6 +123,7 @@ async def serve(
         log.info("stopping instances")
         await supervisor.stop()
         await upstream.aclose()
+        await requests.aclose()
         store.close()
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +27,42 @@ _INCIDENT_ID = re.compile(r"[1-9][0-9]{0,18}")
 _MAX_INCIDENT_ID = 2**63 - 1
 
 Incident = dict[str, Any]
+RequestEntry = dict[str, Any]  # one entry of the requests log (xsoar_local/request_log.py)
+INCIDENT_SORTS = ("created", "occurred", "severity")
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class IncidentQuery:
+    """Which incidents, in which order, which page (the page and `GET /incidents` ask this)."""
+
+    instance: str | None = None
+    type: str | None = None
+    severity: float | None = None
+    since: str | None = None  # created at or after (ISO-8601; see normalize_since)
+    text: str = ""  # words that the name or the rawJSON text holds (the last one as a prefix)
+    sort: str = "created"
+    descending: bool = True
+    offset: int = 0
+    limit: int = 50
+
+    def words(self) -> list[str]:
+        return [word.lower() for word in _WORD.findall(self.text)]
+
+
+def _text_of(incident: Incident) -> tuple[str, str]:
+    """What the search looks at: the name and the rawJSON text."""
+    raw = incident.get("rawJSON")
+    if raw is not None and not isinstance(raw, str):
+        raw = json.dumps(raw, ensure_ascii=False)
+    return _column_text(incident.get("name") or ""), _column_text(raw or "")
+
+
+def _fts_query(words: list[str]) -> str:
+    """Every word (the last as a prefix, as one types), each quoted: no FTS5 syntax gets through."""
+    quoted = [f'"{word}"' for word in words]
+    quoted[-1] += "*"
+    return " ".join(quoted)
 
 
 class Store(Protocol):
@@ -35,12 +72,20 @@ class Store(Protocol):
     ) -> list[Incident]: ...
     def get_incident(self, incident_id: str | int) -> Incident | None: ...
     def count_incidents(self, instance: str | None = None) -> int: ...
+    def find_incidents(self, query: IncidentQuery) -> tuple[int, list[Incident]]: ...
     def get_integration_context(self, instance: str) -> tuple[dict[str, Any], int]: ...
     def set_integration_context(self, instance: str, context: dict[str, Any], version: int = -1) -> int: ...
     def set_module_health(self, instance: str, message: str, is_error: bool = False) -> None: ...
     def get_module_health(self, instance: str) -> dict[str, Any] | None: ...
     def get_last_run(self, instance: str) -> dict[str, Any]: ...
     def set_last_run(self, instance: str, obj: dict[str, Any]) -> None: ...
+    def add_requests(self, entries: list[RequestEntry], kept: int) -> None: ...
+    def list_requests(
+        self, *, instance: str | None = None, before: int | None = None, limit: int = 50
+    ) -> list[RequestEntry]: ...
+    def get_request(self, request_id: str | int) -> RequestEntry | None: ...
+    def request_of_incident(self, incident: Incident) -> RequestEntry | None: ...
+    def count_requests(self, instance: str | None = None) -> int: ...
     def close(self) -> None: ...
 
 
@@ -142,6 +187,25 @@ def _check_version(instance: str, version: int, stored: int) -> None:
         )
 
 
+def _new_incidents(entry: RequestEntry, created: dict[str, tuple[str, str]]) -> list[str] | None:
+    """Of the incidents a request's answer listed, those it created: of its instance and created after it started
+    (a duplicate delivery is answered with incidents an earlier request created). `created`: id -> (instance,
+    created time)."""
+    answered = entry.get("incident_ids")
+    if answered is None:
+        return None
+    return [
+        item
+        for item in answered
+        if item in created and created[item][0] == entry["instance"] and created[item][1] >= entry["time"]
+    ]
+
+
+def _check_kept(kept: int) -> None:
+    if kept < 1:
+        raise ValueError(f"the requests log keeps at least 1 entry per instance, not {kept}")
+
+
 class MemoryStore:
     """Everything in dicts behind one lock; the default for unit tests."""
 
@@ -151,6 +215,8 @@ class MemoryStore:
         self._contexts: dict[str, tuple[dict[str, Any], int]] = {}
         self._health: dict[str, dict[str, Any]] = {}
         self._last_runs: dict[str, dict[str, Any]] = {}
+        self._requests: list[RequestEntry] = []
+        self._request_ids = 0
 
     def create_incidents(self, instance: str, incidents: list[Incident]) -> list[Incident]:
         with self._lock:
@@ -183,6 +249,34 @@ class MemoryStore:
         with self._lock:
             return sum(1 for item in self._incidents if instance is None or item["instance"] == instance)
 
+    def find_incidents(self, query: IncidentQuery) -> tuple[int, list[Incident]]:
+        words = query.words()
+        since = normalize_since(query.since) if query.since else None
+
+        def matches(item: Incident) -> bool:
+            if query.instance is not None and item["instance"] != query.instance:
+                return False
+            if query.type is not None and item["type"] != query.type:
+                return False
+            if query.severity is not None and _severity_column(item["severity"]) != query.severity:
+                return False
+            if since is not None and item["created"] < since:
+                return False
+            if not words:
+                return True
+            found = [word.lower() for text in _text_of(item) for word in _WORD.findall(text)]
+            return all(word in found for word in words[:-1]) and any(item.startswith(words[-1]) for item in found)
+
+        with self._lock:
+            found = [item for item in self._incidents if matches(item)]
+        key = {
+            "created": lambda item: int(item["id"]),
+            "occurred": lambda item: (str(item["occurred"]), int(item["id"])),
+            "severity": lambda item: (_severity_column(item["severity"]) or 0, int(item["id"])),
+        }[query.sort]
+        found.sort(key=key, reverse=query.descending)
+        return len(found), _copy(found[query.offset : query.offset + query.limit])
+
     def get_integration_context(self, instance: str) -> tuple[dict[str, Any], int]:
         with self._lock:
             context, version = self._contexts.get(instance, ({}, 0))
@@ -210,6 +304,60 @@ class MemoryStore:
     def set_last_run(self, instance: str, obj: dict[str, Any]) -> None:
         with self._lock:
             self._last_runs[instance] = _copy(obj)
+
+    def add_requests(self, entries: list[RequestEntry], kept: int) -> None:
+        _check_kept(kept)
+        with self._lock:
+            for entry in entries:
+                self._request_ids += 1
+                wanted = set(entry.get("incident_ids") or ())
+                created = {
+                    item["id"]: (item["instance"], item["created"]) for item in self._incidents if item["id"] in wanted
+                }
+                stored = {**_copy(entry), "id": self._request_ids, "new_incident_ids": _new_incidents(entry, created)}
+                self._requests.append(stored)
+            for instance in {entry["instance"] for entry in entries}:
+                excess = sum(1 for item in self._requests if item["instance"] == instance) - kept
+                remaining = []
+                for item in self._requests:  # oldest first
+                    if item["instance"] == instance and excess > 0:
+                        excess -= 1
+                        continue
+                    remaining.append(item)
+                self._requests = remaining
+
+    def list_requests(
+        self, *, instance: str | None = None, before: int | None = None, limit: int = 50
+    ) -> list[RequestEntry]:
+        with self._lock:
+            found = [
+                item
+                for item in reversed(self._requests)
+                if (instance is None or item["instance"] == instance) and (before is None or item["id"] < before)
+            ]
+        return _copy(found[:limit])
+
+    def get_request(self, request_id: str | int) -> RequestEntry | None:
+        key = _incident_key(request_id)
+        with self._lock:
+            found = next((item for item in self._requests if item["id"] == key), None)
+        return _copy(found)
+
+    def request_of_incident(self, incident: Incident) -> RequestEntry | None:
+        with self._lock:
+            found = next(
+                (
+                    item
+                    for item in reversed(self._requests)
+                    if item["instance"] == incident["instance"] and incident["id"] in (item["new_incident_ids"] or ())
+                ),
+                None,
+            )
+        return _copy(found)
+
+    def count_requests(self, instance: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for item in self._requests if instance is None or item["instance"] == instance)
 
     def close(self) -> None:
         pass
@@ -240,6 +388,18 @@ _SCHEMA = (
         updated TEXT NOT NULL
     )""",
     "CREATE TABLE IF NOT EXISTS last_run (instance TEXT PRIMARY KEY, data TEXT NOT NULL)",
+    # The requests log (xsoar_local/request_log.py): bounded per instance, so deleted from the oldest.
+    """CREATE TABLE IF NOT EXISTS requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance TEXT NOT NULL,
+        time TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        data TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS requests_instance ON requests (instance, id)",
+    # The incidents' search index: words of the name and the rawJSON text, by incident id (contentless: the text
+    # stays in `incidents` alone; incidents are never deleted).
+    "CREATE VIRTUAL TABLE IF NOT EXISTS incidents_text USING fts5(name, raw, content='', tokenize='unicode61')",
 )
 
 # Schema changes for stores made by earlier versions, by `PRAGMA user_version`: entry n takes a store from
@@ -251,6 +411,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX IF EXISTS incidents_type",
         "DROP INDEX IF EXISTS incidents_severity",
         "DROP INDEX IF EXISTS incidents_occurred",
+    ),
+    # The search index, for the incidents stored before it existed.
+    (
+        "INSERT INTO incidents_text (rowid, name, raw)"
+        " SELECT id, coalesce(name, ''), coalesce(json_extract(data, '$.rawJSON'), '') FROM incidents",
     ),
 )
 
@@ -342,6 +507,10 @@ class SqliteStore:
                 for item in stored
             ]
             _insert_incident_rows(conn, rows)
+            conn.executemany(
+                "INSERT INTO incidents_text (rowid, name, raw) VALUES (?, ?, ?)",
+                [(int(item["id"]), *_text_of(item)) for item in stored],
+            )
         return stored
 
     def list_incidents(
@@ -374,6 +543,30 @@ class SqliteStore:
             if instance is None:
                 return int(conn.execute("SELECT count(*) FROM incidents").fetchone()[0])
             return int(conn.execute("SELECT count(*) FROM incidents WHERE instance = ?", (instance,)).fetchone()[0])
+
+    def find_incidents(self, query: IncidentQuery) -> tuple[int, list[Incident]]:
+        where, values = ["1 = 1"], []
+        for column, value in (("instance", query.instance), ("type", query.type), ("severity", query.severity)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                values.append(value)
+        if query.since:
+            where.append("created >= ?")
+            values.append(normalize_since(query.since))
+        words = query.words()
+        if words:
+            where.append("id IN (SELECT rowid FROM incidents_text WHERE incidents_text MATCH ?)")
+            values.append(_fts_query(words))
+        order = "DESC" if query.descending else "ASC"
+        columns = {"created": "id", "occurred": "occurred", "severity": "coalesce(severity, 0)"}[query.sort]
+        condition = " AND ".join(where)
+        with self._connection() as conn:
+            total = int(conn.execute(f"SELECT count(*) FROM incidents WHERE {condition}", values).fetchone()[0])
+            rows = conn.execute(
+                f"SELECT data FROM incidents WHERE {condition} ORDER BY {columns} {order}, id {order} LIMIT ? OFFSET ?",
+                [*values, query.limit, query.offset],
+            ).fetchall()
+        return total, [json.loads(data) for (data,) in rows]
 
     def get_integration_context(self, instance: str) -> tuple[dict[str, Any], int]:
         with self._connection() as conn:
@@ -419,6 +612,80 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO last_run (instance, data) VALUES (?, ?)",
                 (instance, json.dumps(obj)),
             )
+
+    def add_requests(self, entries: list[RequestEntry], kept: int) -> None:
+        """Adds entries to the requests log in one transaction; each instance keeps its newest `kept`."""
+        _check_kept(kept)
+        with self._write() as conn:
+            wanted = sorted(
+                {key for entry in entries for item in entry.get("incident_ids") or () if (key := _incident_key(item))}
+            )
+            created: dict[str, tuple[str, str]] = {}
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                rows = conn.execute(
+                    f"SELECT id, instance, created FROM incidents WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                created.update({str(row[0]): (row[1], row[2]) for row in rows})
+            conn.executemany(
+                "INSERT INTO requests (instance, time, status, data) VALUES (?, ?, ?, ?)",
+                [
+                    (
+                        entry["instance"],
+                        entry["time"],
+                        int(entry["status"]),
+                        json.dumps({**entry, "new_incident_ids": _new_incidents(entry, created)}),
+                    )
+                    for entry in entries
+                ],
+            )
+            for instance in sorted({entry["instance"] for entry in entries}):
+                conn.execute(
+                    "DELETE FROM requests WHERE instance = ?1 AND id <"
+                    " (SELECT id FROM requests WHERE instance = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                    (instance, kept - 1),
+                )
+
+    def list_requests(
+        self, *, instance: str | None = None, before: int | None = None, limit: int = 50
+    ) -> list[RequestEntry]:
+        where, values = ["1 = 1"], []
+        if instance is not None:
+            where.append("instance = ?")
+            values.append(instance)
+        if before is not None:
+            where.append("id < ?")
+            values.append(before)
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT id, data FROM requests WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+                [*values, limit],
+            ).fetchall()
+        return [{**json.loads(data), "id": row_id} for row_id, data in rows]
+
+    def get_request(self, request_id: str | int) -> RequestEntry | None:
+        key = _incident_key(request_id)
+        if key is None:
+            return None
+        with self._connection() as conn:
+            row = conn.execute("SELECT id, data FROM requests WHERE id = ?", (key,)).fetchone()
+        return {**json.loads(row[1]), "id": row[0]} if row else None
+
+    def request_of_incident(self, incident: Incident) -> RequestEntry | None:
+        """The requests log entry of the request that created `incident`, while the log still has it."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT requests.id, requests.data FROM requests, json_each(requests.data, '$.new_incident_ids') AS ids"
+                " WHERE requests.instance = ? AND ids.value = ? ORDER BY requests.id DESC LIMIT 1",
+                (incident["instance"], str(incident["id"])),
+            ).fetchone()
+        return {**json.loads(row[1]), "id": row[0]} if row else None
+
+    def count_requests(self, instance: str | None = None) -> int:
+        with self._connection() as conn:
+            if instance is None:
+                return int(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
+            return int(conn.execute("SELECT count(*) FROM requests WHERE instance = ?", (instance,)).fetchone()[0])
 
     def close(self) -> None:
         """Closes the idle connections; one in use is closed when its call ends."""

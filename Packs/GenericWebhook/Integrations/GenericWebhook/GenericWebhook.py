@@ -2035,9 +2035,9 @@ class WebhookIntake:
         # The events path is monitored here rather than through RequestMonitor: the status is known, so no
         # wrapped `send` is needed.
         started = time.monotonic()
-        status = 500
+        status, error = 500, "internal_error"
         try:
-            status, extra_headers, body = await self.handle(scope, receive)
+            status, extra_headers, body, error = await self.handle(scope, receive)
             if BODY_READ_KEY in scope or not carries_body(scope):
                 connection = self.keep_alive_header
             else:  # answered before the body was read: the connection closes (lingering: the client reads this)
@@ -2055,9 +2055,10 @@ class WebhookIntake:
         finally:
             elapsed = time.monotonic() - started
             self.metrics.observe(status, elapsed)
-            self.log_access(access_log_line(scope, status, elapsed))
+            self.log_access(access_log_line(scope, status, elapsed, error))
 
-    async def handle(self, scope: dict, receive: Callable) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def handle(self, scope: dict, receive: Callable) -> tuple[int, list[tuple[bytes, bytes]], bytes, str]:
+        """The status, extra headers, body and error word ("" for a success) of the answer to one POST."""
         try:
             address = client_address(scope, self.config.trusted_proxies) if self.needs_address else ""
             check_allowed(self.config, address)
@@ -2074,12 +2075,13 @@ class WebhookIntake:
             return self._error(RequestError(500, "internal_error", "The request could not be processed."))
         finally:
             ticket.close()
-        return 200, [], json.dumps(created).encode()
+        return 200, [], json.dumps(created).encode(), ""
 
     @staticmethod
-    def _error(error: RequestError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    def _error(error: RequestError) -> tuple[int, list[tuple[bytes, bytes]], bytes, str]:
         headers = [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in error.headers.items()]
-        return error.status, headers, json.dumps({"error": error.error, "detail": error.detail}).encode()
+        body = json.dumps({"error": error.error, "detail": error.detail}).encode()
+        return error.status, headers, body, error.error
 
     async def receive_events(
         self, scope: dict, receive: Callable, ticket: Ticket, address: str
@@ -2163,8 +2165,10 @@ class WebhookIntake:
         return app
 
 
-def access_log_line(scope: dict, status: int, elapsed: float) -> str:
-    """One access-log line: client, request line (raw path), status, latency and user agent."""
+def access_log_line(scope: dict, status: int, elapsed: float, error: str = "") -> str:
+    """One access-log line: client, request line (raw path), status, latency, user agent, and the error word of a
+    refused request (`error=signature_mismatch`), so a wrong token, a bad signature and a bad body can be told
+    apart in the instance log."""
     client = scope.get("client") or ("-", 0)
     agent = "-"
     for key, value in scope["headers"]:
@@ -2175,7 +2179,8 @@ def access_log_line(scope: dict, status: int, elapsed: float) -> str:
     # the raw (still percent-encoded) path: a decoded %0A could forge log lines
     path = (scope.get("raw_path") or scope["path"].encode("unicode_escape")).decode("latin-1")
     request_line = f"{scope['method']} {path} HTTP/{scope.get('http_version', '1.1')}"
-    return f'{client[0]}:{client[1]} - "{request_line}" {status} {elapsed * 1000:.1f}ms "{agent}"'
+    line = f'{client[0]}:{client[1]} - "{request_line}" {status} {elapsed * 1000:.1f}ms "{agent}"'
+    return f"{line} error={error}" if error else line
 
 
 class RequestMonitor:

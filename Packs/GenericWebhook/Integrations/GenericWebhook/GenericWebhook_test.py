@@ -2091,6 +2091,14 @@ def test_access_log_escapes_control_characters_and_quotes_in_the_user_agent():
     assert line.endswith(r'"evil\" \x85next \x1b[31m"')
 
 
+def test_the_access_log_line_of_a_refused_request_names_its_error_word():
+    scope = {"type": "http", "method": "POST", "path": "/", "raw_path": b"/", "headers": [], "client": ("::1", 1)}
+    assert GenericWebhook.access_log_line(scope, 401, 0.002, "signature_mismatch").endswith(
+        '401 2.0ms "-" error=signature_mismatch'
+    )
+    assert "error=" not in GenericWebhook.access_log_line(scope, 200, 0.002)
+
+
 # ---------------------------------------------------------------- TCP_NODELAY, early answers, keep-alive
 
 SMALL_LIMIT = {"max_body_mb": "0.01"}  # 10 KiB
