@@ -10,7 +10,7 @@ import re
 import shlex
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from xsoar_local.install import install_pack
 from xsoar_local.instances import Instance, check_listen_ports, resolve_instance, resolve_instances
 from xsoar_local.lock import DataDirLock, read_holder
 from xsoar_local.request_log import curl_command
-from xsoar_local.store import open_store
+from xsoar_local.store import Store, open_store
 from xsoar_local.supervisor import InstanceState, Supervisor
 from xsoar_local.try_line import try_line, why_no_try_line
 
@@ -211,8 +211,7 @@ def incidents(config_path: Path, instance: str | None, limit: int, as_json: bool
     config = _load(config_path)
     found: list[dict[str, Any]] = []
     configured = {item.name for item in config.instances}
-    store = open_store(config.server.store_path) if config.server.store_path.exists() else None
-    try:
+    with _existing_store(config) as store:
         # An instance no longer in the config still has its incidents listed; a name known to neither is a typo.
         if (
             instance is not None
@@ -226,9 +225,6 @@ def incidents(config_path: Path, instance: str | None, limit: int, as_json: bool
             )
         if store is not None:
             found = store.list_incidents(instance=instance, limit=limit)
-    finally:
-        if store is not None:
-            store.close()
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
@@ -251,8 +247,7 @@ def incidents(config_path: Path, instance: str | None, limit: int, as_json: bool
 def requests(config_path: Path, instance: str | None, limit: int, as_json: bool, curl_id: str | None) -> None:
     """List the newest requests sent through the reroute, with what came of each (from the store)."""
     config = _load(config_path)
-    store = open_store(config.server.store_path) if config.server.store_path.exists() else None
-    try:
+    with _existing_store(config) as store:
         if curl_id is not None:
             entry = store.get_request(curl_id) if store is not None else None
             if entry is None:
@@ -265,9 +260,6 @@ def requests(config_path: Path, instance: str | None, limit: int, as_json: bool,
                 click.echo(f"# {curl.note}", err=True)
             return
         found = store.list_requests(instance=instance, limit=limit) if store is not None else []
-    finally:
-        if store is not None:
-            store.close()
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
@@ -362,6 +354,17 @@ def _load(config_path: Path, *, create: bool = False) -> PlatformConfig:
             what = f"a config without packs ({REPOSITORY_PACK} does not exist; add one with `install`)"
         click.echo(f"created {config_path}: {what}", err=True)
     return load_config(config_path)
+
+
+@contextlib.contextmanager
+def _existing_store(config: PlatformConfig) -> Iterator[Store | None]:
+    """The config's store, or None when none was made yet (reading commands create no store); closed after."""
+    store = open_store(config.server.store_path) if config.server.store_path.exists() else None
+    try:
+        yield store
+    finally:
+        if store is not None:
+            store.close()
 
 
 def _prepared(config: PlatformConfig, name: str) -> Instance:
